@@ -1,0 +1,61 @@
+# tritonbn — developer commands. Every target creates the virtual environment it needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RESULTS ?= bench_results
+PORT ?= 8501
+PYTEST_ARGS ?=
+
+# CPU machines get the CPU build of torch, installed before anything else so nothing pulls a CUDA build.
+HAS_CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+ifeq ($(HAS_CUDA),1)
+TEST_ENV :=
+else
+TEST_ENV := TRITON_INTERPRET=1
+endif
+
+.PHONY: help venv lint test test-gpu bench check dashboard clean
+
+help:
+	@echo "make test       run the test suite (Triton interpreter on CPU, kernels on CUDA)"
+	@echo "make dashboard  serve the dashboard on $(RESULTS)/"
+	@echo "make lint       ruff"
+	@echo "make test-gpu   only the tests marked gpu (needs CUDA)"
+	@echo "make bench      tritonbn-bench --suite quick (needs CUDA)"
+	@echo "make check      tritonbn-check --quick"
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+ifneq ($(HAS_CUDA),1)
+	$(PY) -m pip install -q torch==2.13.0
+endif
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+lint: venv
+	$(PY) -m ruff check tritonbn tests dashboard
+	$(PY) -m ruff format --check tritonbn tests dashboard
+
+test: venv
+	$(TEST_ENV) $(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-gpu: venv
+	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
+
+bench: venv
+	$(VENV)/bin/tritonbn-bench --suite quick --out $(RESULTS)
+
+check: venv
+	$(TEST_ENV) $(VENV)/bin/tritonbn-check --quick --out $(RESULTS)
+
+dashboard: venv
+	TRITONBN_RESULTS=$(RESULTS) $(VENV)/bin/streamlit run dashboard/streamlit_app.py \
+		--server.headless true --server.port $(PORT) \
+		--browser.gatherUsageStats false --server.fileWatcherType none
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info test-artifacts
