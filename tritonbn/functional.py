@@ -1,0 +1,150 @@
+"""Functional batch normalization: validation like torch, then dispatch to the Triton kernels or to torch.
+
+Execution paths:
+
+* CUDA tensors run the Triton kernels (never a silent fallback to PyTorch's batch norm);
+* CPU tensors run the same kernels in Triton's interpreter when ``TRITON_INTERPRET=1`` was set before
+  tritonbn was imported (how the test suite runs without a GPU);
+* other CPU tensors use PyTorch's own CPU batch norm, so a converted model still works on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from tritonbn import autograd, launch
+
+__all__ = ["batch_norm", "batch_norm_backward", "uses_triton"]
+
+_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# torch's ScalarType names, as they appear in its "not implemented for" messages.
+_SCALAR_TYPE_NAMES = {
+    torch.bool: "Bool",
+    torch.uint8: "Byte",
+    torch.int8: "Char",
+    torch.int16: "Short",
+    torch.int32: "Int",
+    torch.int64: "Long",
+    torch.complex64: "ComplexFloat",
+    torch.complex128: "ComplexDouble",
+}
+
+
+def uses_triton(t: torch.Tensor) -> bool:
+    """Whether a tensor on this device is processed by the Triton kernels (else by torch's CPU kernel)."""
+    return t.is_cuda or (launch.INTERPRET and t.device.type == "cpu")
+
+
+def _check_inputs(input, running_mean, running_var, weight, bias, training, eps) -> None:
+    """Raise what ``torch.nn.functional.batch_norm`` raises, with the same type and message."""
+    if training:
+        F._verify_batch_size(input.size())
+    if training and eps <= 0.0:
+        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+    if eps < 0.0:
+        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
+    if input.dim() < 2:
+        # torch indexes the channel dimension and fails with IndexError; let it say so in its own words.
+        input.size(1)
+    if input.dtype not in _SUPPORTED_DTYPES:
+        name = _SCALAR_TYPE_NAMES.get(input.dtype, str(input.dtype))
+        raise NotImplementedError(f"\"batch_norm\" not implemented for '{name}'")
+    if not training and (running_mean is None or running_var is None):
+        raise RuntimeError(f"running_{'mean' if running_mean is None else 'var'} must be defined in evaluation mode")
+    channels = input.size(1)
+    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
+        if t is not None and t.numel() != channels:
+            raise RuntimeError(f"{name} should contain {channels} elements not {t.numel()}")
+    for t in (weight, bias, running_mean, running_var):
+        if t is None:
+            continue
+        if t.device != input.device:
+            raise RuntimeError(
+                f"Expected all tensors to be on the same device, but found at least two devices, "
+                f"{input.device} and {t.device}!"
+            )
+        if t.dtype != input.dtype and not (t.dtype == torch.float32 and input.dtype in (torch.float16, torch.bfloat16)):
+            if input.dtype == torch.float32:
+                raise RuntimeError("mixed dtype (CPU): expect parameter to have scalar type of Float")
+            raise RuntimeError("mixed dtype (CPU): all inputs must share same datatype.")
+
+
+def batch_norm(
+    input: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    *,
+    detach_stats: bool = False,
+) -> torch.Tensor:
+    """Batch normalization with the contract of :func:`torch.nn.functional.batch_norm`.
+
+    ``input`` is (N, C, *spatial). In training the batch mean and biased variance normalise the input and
+    ``running_mean``/``running_var`` (when given) are updated in place with ``momentum`` and the unbiased
+    variance; otherwise the running statistics are used.
+
+    ``detach_stats=True`` (training only) treats the batch mean and variance as constants in the
+    backward: ``dx = dy · weight · invstd`` instead of the full batch-norm gradient. Use it when the
+    statistics should act as a fixed per-batch whitening (e.g. when differentiating a network w.r.t. its
+    inputs one sample at a time); it is not the gradient of the training-mode forward.
+    """
+    _check_inputs(input, running_mean, running_var, weight, bias, training, eps)
+    if not uses_triton(input):
+        return _torch_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, detach_stats)
+    if input.numel() == 0:
+        return input.clone()
+    return autograd.BatchNormFunction.apply(
+        input, weight, bias, running_mean, running_var, training, momentum, eps, detach_stats
+    )
+
+
+def _torch_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, detach_stats):
+    """PyTorch's CPU batch norm; detached statistics are its eval mode fed with the batch statistics."""
+    if not (training and detach_stats):
+        return F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+    dims = [0, *range(2, input.dim())]
+    with torch.no_grad():
+        var, mean = torch.var_mean(input, dim=dims, correction=0)
+        count = math.prod(input.shape) // input.shape[1]
+        autograd._update_running_stats(running_mean, running_var, mean, var, count, momentum)
+    return F.batch_norm(input, mean, var, weight, bias, False, 0.0, eps)
+
+
+def batch_norm_backward(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    weight: torch.Tensor | None,
+    save_mean: torch.Tensor,
+    save_invstd: torch.Tensor,
+    *,
+    training: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The explicit batch-norm backward, by the Triton kernels: ``(grad_input, grad_weight, grad_bias)``.
+
+    ``save_mean``/``save_invstd`` are the statistics the forward normalised with: the batch mean and
+    ``1/sqrt(var + eps)`` in training, the running mean and ``1/sqrt(running_var + eps)`` in eval
+    (``training=False``, where the statistics are constants). ``grad_weight``/``grad_bias`` are ``None``
+    when ``weight`` is ``None``. The result is not differentiable: use autograd for higher orders.
+    """
+    if grad_output.shape != input.shape:
+        raise RuntimeError(
+            f"grad_output must have the shape of input, got {tuple(grad_output.shape)} and {tuple(input.shape)}"
+        )
+    _check_inputs(input, save_mean, save_invstd, weight, None, False, 0.0)
+    if not uses_triton(input):
+        raise RuntimeError(
+            "batch_norm_backward runs the Triton kernels: it needs a CUDA tensor, or TRITON_INTERPRET=1 set "
+            "before importing tritonbn to run them on the CPU"
+        )
+    acc = launch.acc_dtype(input.dtype)
+    with torch.no_grad():
+        return autograd.backward_kernels(
+            grad_output, input, weight, save_mean.to(acc), save_invstd.to(acc), stats_grad=training
+        )

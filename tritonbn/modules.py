@@ -1,0 +1,147 @@
+"""Drop-in modules: ``tritonbn.BatchNorm2d`` is-a ``torch.nn.BatchNorm2d`` and behaves like one."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tritonbn.functional import batch_norm
+
+__all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "FrozenBatchNorm2d",
+    "convert_model",
+    "revert_model",
+]
+
+
+class _TritonBatchNorm:
+    """Mixed into torch's BatchNorm classes: same constructor, parameters, buffers, state_dict and errors.
+
+    The one extra keyword-only argument, ``detach_stats`` (default ``False``), makes the training-mode
+    backward treat the batch mean and variance as constants (see :func:`tritonbn.batch_norm`).
+    """
+
+    def __init__(self, *args, detach_stats: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.detach_stats = detach_stats
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        # Mirrors torch.nn.modules.batchnorm._BatchNorm.forward, calling tritonbn.batch_norm.
+        self._check_input_dim(input)
+        exponential_average_factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average
+                exponential_average_factor = 1.0 / float(self.num_batches_tracked)
+        bn_training = self.training or (self.running_mean is None and self.running_var is None)
+        use_buffers = not self.training or self.track_running_stats
+        return batch_norm(
+            input,
+            self.running_mean if use_buffers else None,
+            self.running_var if use_buffers else None,
+            self.weight,
+            self.bias,
+            bn_training,
+            exponential_average_factor,
+            self.eps,
+            detach_stats=getattr(self, "detach_stats", False),
+        )
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s + ", detach_stats=True" if getattr(self, "detach_stats", False) else s
+
+
+class BatchNorm1d(_TritonBatchNorm, nn.BatchNorm1d):
+    """:class:`torch.nn.BatchNorm1d` on Triton kernels; input (N, C) or (N, C, L)."""
+
+
+class BatchNorm2d(_TritonBatchNorm, nn.BatchNorm2d):
+    """:class:`torch.nn.BatchNorm2d` on Triton kernels; input (N, C, H, W), contiguous or channels_last."""
+
+
+class BatchNorm3d(_TritonBatchNorm, nn.BatchNorm3d):
+    """:class:`torch.nn.BatchNorm3d` on Triton kernels; input (N, C, D, H, W), contiguous or channels_last_3d."""
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """Batch norm with fixed statistics and affine parameters, like ``torchvision.ops.FrozenBatchNorm2d``.
+
+    All four tensors are buffers: nothing is trained and nothing is updated; the layer always normalises
+    with ``running_mean``/``running_var``, and gradients flow to the input only. Used to fine-tune detection
+    and segmentation backbones with batches too small for meaningful batch statistics.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        # Accept a BatchNorm2d state_dict: drop its counter, which this layer does not have.
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"expected 4D input (got {x.dim()}D input)")
+        return batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.weight.shape[0]}, eps={self.eps})"
+
+
+_TO_TRITON = {nn.BatchNorm1d: BatchNorm1d, nn.BatchNorm2d: BatchNorm2d, nn.BatchNorm3d: BatchNorm3d}
+_TO_TORCH = {ours: theirs for theirs, ours in _TO_TRITON.items()}
+
+
+def _retype(module: nn.Module, cls: type) -> nn.Module:
+    """A new ``cls`` instance sharing the parameters, buffers, hooks and attributes of ``module``.
+
+    The attribute dicts are copied (so adding a parameter or hook to one does not touch the other) but
+    their tensors are shared, exactly as ``SyncBatchNorm.convert_sync_batchnorm`` shares them.
+    """
+    new = cls.__new__(cls)
+    new.__dict__.update({k: v.copy() if isinstance(v, dict) else v for k, v in module.__dict__.items()})
+    return new
+
+
+def convert_model(module: nn.Module, *, detach_stats: bool = False) -> nn.Module:
+    """Replace every ``torch.nn.BatchNorm1d/2d/3d`` in ``module`` (exact type) by tritonbn's.
+
+    Parameters and buffers are shared, train/eval state, device, dtype and hooks preserved. Children are
+    replaced in place; the (possibly new) root is returned, so call it as
+    ``model = tritonbn.convert_model(model)``. ``SyncBatchNorm`` and subclasses are left alone.
+    """
+    if type(module) in _TO_TRITON:
+        converted = _retype(module, _TO_TRITON[type(module)])
+        converted.detach_stats = detach_stats
+        return converted
+    for name, child in module.named_children():
+        new_child = convert_model(child, detach_stats=detach_stats)
+        if new_child is not child:
+            setattr(module, name, new_child)
+    return module
+
+
+def revert_model(module: nn.Module) -> nn.Module:
+    """Undo :func:`convert_model`: every tritonbn BatchNorm becomes the matching ``torch.nn`` class again."""
+    if type(module) in _TO_TORCH:
+        reverted = _retype(module, _TO_TORCH[type(module)])
+        reverted.__dict__.pop("detach_stats", None)
+        return reverted
+    for name, child in module.named_children():
+        new_child = revert_model(child)
+        if new_child is not child:
+            setattr(module, name, new_child)
+    return module
