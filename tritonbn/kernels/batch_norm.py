@@ -151,7 +151,7 @@ def stats_merge_kernel(
     var = m2 / R
     tl.store(mean_ptr + offs_c, mean, mask=m_c)
     tl.store(var_ptr + offs_c, var, mask=m_c)
-    if tl.float64 == ACC:
+    if ACC == tl.float64:  # noqa: SIM108, SIM300 (a constexpr branch; Triton has no static ternary)
         std = tl.sqrt(var + eps)  # IEEE-rounded for float64
     else:
         std = tl.sqrt_rn(var + eps)  # tl.sqrt is an approximation for float32 on GPUs
