@@ -1,0 +1,45 @@
+"""Without a GPU and without the interpreter, tritonbn uses torch's CPU batch norm (a converted model
+still works on the CPU). Run in a fresh interpreter with TRITON_INTERPRET unset."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent(
+    """
+    import torch, torch.nn.functional as F
+    import tritonbn
+    from tritonbn.functional import uses_triton
+
+    x = torch.randn(4, 3, 5, requires_grad=True)
+    assert not uses_triton(x)
+    rm, rv = torch.zeros(3), torch.ones(3)
+    rm_t, rv_t = rm.clone(), rv.clone()
+    y = tritonbn.batch_norm(x, rm, rv, training=True)
+    y_t = F.batch_norm(x, rm_t, rv_t, training=True)
+    assert torch.equal(y, y_t) and torch.equal(rm, rm_t) and torch.equal(rv, rv_t)
+
+    # detached statistics on the fallback: dx = dy * invstd
+    y = tritonbn.batch_norm(x, rm, rv, training=True, detach_stats=True)
+    dy = torch.randn_like(y)
+    (dx,) = torch.autograd.grad(y, x, dy)
+    var = x.detach().var((0, 2), unbiased=False)
+    torch.testing.assert_close(dx, dy * (var + 1e-5).rsqrt().reshape(1, 3, 1))
+    torch.testing.assert_close(rv, 0.9 * rv_t + 0.1 * x.detach().var((0, 2), unbiased=True))
+
+    net = tritonbn.convert_model(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2)))
+    net(torch.randn(2, 1, 3, 3)).sum().backward()
+    print("fallback ok")
+    """
+)
+
+
+def test_cpu_without_interpreter_uses_torch():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "fallback ok" in out.stdout

@@ -1,0 +1,69 @@
+"""Bad input gets torch's exception type and message; nothing the caller owns is modified."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tritonbn
+
+
+def _ones(n, dtype=torch.float32):
+    return torch.ones(n, dtype=dtype)
+
+
+BAD_CALLS = {
+    "running_mean-size": lambda x: ((x, _ones(4), _ones(3)), {}),
+    "running_var-size": lambda x: ((x, _ones(3), _ones(4)), {}),
+    "weight-size": lambda x: ((x, _ones(3), _ones(3)), {"weight": _ones(4)}),
+    "bias-size": lambda x: ((x, _ones(3), _ones(3)), {"bias": _ones(2)}),
+    "all-sizes": lambda x: ((x, _ones(2), _ones(2)), {"weight": _ones(2), "bias": _ones(2)}),
+    "eps-zero-train": lambda x: ((x, _ones(3), _ones(3)), {"training": True, "eps": 0.0}),
+    "eps-negative-train": lambda x: ((x, _ones(3), _ones(3)), {"training": True, "eps": -1.0}),
+    "eps-negative-eval": lambda x: ((x, _ones(3), _ones(3)), {"eps": -1e-5}),
+    "eval-without-running-stats": lambda x: ((x, None, None), {}),
+    "one-value-per-channel": lambda x: ((x[:1, :, :1], None, None), {"training": True}),
+    "one-dim-input": lambda x: ((x[0, 0], None, None), {"training": True}),
+    "integer-input": lambda x: ((x.int(), _ones(3), _ones(3)), {"training": True}),
+    "mixed-dtype-float-input": lambda x: ((x, _ones(3, torch.float16), _ones(3)), {"training": True}),
+    "mixed-dtype-double-input": lambda x: ((x.double(), _ones(3), _ones(3)), {"training": True}),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CALLS))
+def test_functional_errors_match_torch(kernels, case):
+    x = torch.randn(4, 3, 5)
+    args, kwargs = BAD_CALLS[case](x)
+    with pytest.raises(Exception) as theirs:
+        F.batch_norm(*args, **kwargs)
+    snapshot = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+    with pytest.raises(type(theirs.value), match=re.escape(str(theirs.value))):
+        tritonbn.batch_norm(*args, **kwargs)
+    for before, after in zip(snapshot, args, strict=True):
+        if isinstance(before, torch.Tensor):
+            assert torch.equal(before, after), "a failed call modified its arguments"
+
+
+def test_explicit_backward_rejects_mismatched_grad_output(kernels):
+    x = torch.randn(4, 3, 5, device=kernels)
+    with pytest.raises(RuntimeError, match="grad_output must have the shape of input"):
+        tritonbn.batch_norm_backward(torch.randn(4, 3, 6, device=kernels), x, None, _ones(3), _ones(3))
+
+
+def test_only_running_stats_are_written(kernels):
+    """Weight, bias, input and grad_output stay as they were; only the running statistics move."""
+    x = torch.randn(4, 3, 5, device=kernels, requires_grad=True)
+    w, b = torch.randn(3, device=kernels, requires_grad=True), torch.randn(3, device=kernels, requires_grad=True)
+    rm, rv = torch.zeros(3, device=kernels), torch.ones(3, device=kernels)
+    snapshot = [t.detach().clone() for t in (x, w, b)]
+    y = tritonbn.batch_norm(x, rm, rv, w, b, training=True)
+    dy = torch.randn_like(y)
+    dy0 = dy.clone()
+    y.backward(dy)
+    for before, t in zip(snapshot, (x, w, b), strict=True):
+        assert torch.equal(before, t.detach())
+    assert torch.equal(dy, dy0)
+    assert not torch.equal(rm, torch.zeros(3, device=kernels)) and not torch.equal(rv, torch.ones(3, device=kernels))

@@ -1,0 +1,102 @@
+"""Numerics beyond torch: large-mean channels, constant channels, NaN isolation, determinism."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from helpers import assert_close, max_errors
+
+import tritonbn
+from tritonbn import launch, reference
+
+
+def test_large_mean_channel_is_normalised_accurately(kernels):
+    """A channel with mean 1e4 and std 1 in float32: the shifted one-pass statistics keep the variance to
+    float32 precision, where E[x²] - E[x]² would lose every digit (E[x²] = 1e8, float32 ulp = 8)."""
+    x64 = torch.randn(16, 2, 37, dtype=torch.float64)
+    x64[:, 0] += 1e4
+    x = x64.float().to(kernels)
+    mean, var, _ = launch.batch_stats(x, 1e-5)
+    mean_ref, var_ref, _ = reference.batch_norm_stats(x)
+    assert ((var.double().cpu() - var_ref) / var_ref).abs().max() < 1e-5
+    # the mean is as exact as float32 can represent it (half an ulp of 1e4 is ~5e-4)
+    assert (mean.double().cpu() - mean_ref).abs().max() < 1e-3
+    # naive E[x²] - E[x]² in float32 for comparison: wrong by far more than our tolerance
+    naive = (x.float() ** 2).mean((0, 2)) - x.float().mean((0, 2)) ** 2
+    assert (naive.double().cpu()[0] - var_ref[0]).abs() > 100 * (var.double().cpu()[0] - var_ref[0]).abs()
+    y = tritonbn.batch_norm(x, None, None, training=True)
+    y_ref = reference.batch_norm(x, None, None, training=True)
+    abs_err, _ = max_errors(y, y_ref)
+    assert abs_err < 2e-3  # bounded by the float32 representation of the mean itself
+    y_torch = F.batch_norm(x.cpu(), None, None, training=True)
+    assert abs_err <= max_errors(y_torch, y_ref)[0] * 2 + 1e-6  # at least as good as torch
+
+
+def test_large_mean_gradients(kernels):
+    x64 = torch.randn(8, 2, 9, dtype=torch.float64) + torch.tensor([1e4, -3e3]).reshape(1, 2, 1)
+    x = x64.float().to(kernels).requires_grad_()
+    w = torch.rand(2, device=kernels, requires_grad=True)
+    y = tritonbn.batch_norm(x, None, None, w, None, training=True)
+    dy = torch.randn_like(y)
+    dx, dw = torch.autograd.grad(y, (x, w), dy)
+    mean, var, _ = reference.batch_norm_stats(x.detach())
+    dx_ref, dw_ref, _ = reference.batch_norm_backward(dy, x.detach(), w.detach(), mean, torch.rsqrt(var + 1e-5))
+    # Σ dy·(x - mean) is reduced on centred data, so dweight keeps float32 accuracy
+    assert max_errors(dw, dw_ref)[1] < 1e-3
+    assert max_errors(dx, dx_ref)[1] < 1e-3
+
+
+def test_constant_channel_has_exactly_zero_variance(kernels):
+    x = torch.randn(6, 3, 7, device=kernels)
+    x[:, 1] = 0.1  # not exactly representable: a naive mean of it rounds
+    rv = torch.ones(3, device=kernels)
+    _, var, _ = launch.batch_stats(x, 1e-5)
+    assert var[1].item() == 0.0
+    y = tritonbn.batch_norm(x.requires_grad_(), torch.zeros(3, device=kernels), rv, training=True)
+    assert torch.isfinite(y).all()
+    assert (y[:, 1] == 0).all()
+    assert rv[1].item() == torch.tensor(0.9).item()  # (1 - momentum) * 1 + momentum * 0
+    y.backward(torch.randn_like(y))
+    assert torch.isfinite(x.grad).all()
+
+
+def test_nan_stays_in_its_channel(kernels):
+    for layout in ("contiguous", "channels_last"):
+        x = torch.randn(3, 4, 2, 5, device=kernels)
+        if layout == "channels_last":
+            x = x.to(memory_format=torch.channels_last)
+        x[1, 2, 0, 3] = float("nan")
+        y = tritonbn.batch_norm(x, None, None, training=True)
+        assert torch.isnan(y[:, 2]).all()
+        others = y[:, [0, 1, 3]]
+        assert torch.isfinite(others).all()
+        y_ref = reference.batch_norm(x[:, [0, 1, 3]], None, None, training=True)
+        assert_close(others, y_ref, torch.float32, "y")
+
+
+def test_results_are_deterministic(kernels):
+    x = torch.randn(5, 3, 33, device=kernels, requires_grad=True)
+    dy = torch.randn_like(x)
+    runs = []
+    for _ in range(2):
+        y = tritonbn.batch_norm(x, None, None, training=True)
+        (dx,) = torch.autograd.grad(y, x, dy)
+        runs.append((y, dx))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+def test_many_row_blocks_merge(kernels, monkeypatch):
+    """Force tiny tiles so the statistics come from many partials merged by Chan's formula."""
+    monkeypatch.setattr(launch, "_tiles", lambda R, C, inner: launch.Tiles(4, 2 if inner else 1, 4))
+    for shape, fmt in (((7, 3, 5), torch.contiguous_format), ((5, 3, 3, 2), torch.channels_last)):
+        x = (torch.randn(shape, dtype=torch.float64) * 3 + 50).to(kernels).to(memory_format=fmt)
+        mean, var, invstd = launch.batch_stats(x, 1e-5)
+        mean_ref, var_ref, _ = reference.batch_norm_stats(x)
+        assert_close(mean, mean_ref, torch.float64, "stats", "mean")
+        assert_close(var, var_ref, torch.float64, "stats", "var")
+        xr = x.detach().clone().requires_grad_()
+        y = tritonbn.batch_norm(xr, None, None, training=True)
+        dy = torch.randn_like(y)
+        (dx,) = torch.autograd.grad(y, xr, dy)
+        dx_ref, _, _ = reference.batch_norm_backward(dy, x, None, mean_ref, torch.rsqrt(var_ref + 1e-5))
+        assert_close(dx, dx_ref, torch.float64, "grad", "dx")
