@@ -100,3 +100,25 @@ def test_many_row_blocks_merge(kernels, monkeypatch):
         (dx,) = torch.autograd.grad(y, xr, dy)
         dx_ref, _, _ = reference.batch_norm_backward(dy, x, None, mean_ref, torch.rsqrt(var_ref + 1e-5))
         assert_close(dx, dx_ref, torch.float64, "grad", "dx")
+
+
+def test_merge_of_uneven_partials_with_an_empty_one(kernels):
+    """merge_stats with explicit counts (as SyncBatchNorm merges ranks): sizes 5, 0, 2 and 9 rows."""
+    chunks = [torch.randn(n, 3, 4, dtype=torch.float64, device=kernels) * 2 + 7 for n in (5, 0, 2, 9)]
+    means, m2s, counts = [], [], []
+    for chunk in chunks:
+        if chunk.shape[0]:
+            mean, var, _ = launch.batch_stats(chunk, 1e-5)
+        else:
+            mean = var = torch.zeros(3, dtype=torch.float64, device=kernels)
+        count = chunk.numel() // 3
+        means.append(mean)
+        m2s.append(var * count)
+        counts.append(count)
+    mean, var, invstd = launch.merge_stats(
+        torch.stack(means), torch.stack(m2s), torch.tensor(counts, device=kernels), sum(counts), 1e-5
+    )
+    mean_ref, var_ref, _ = reference.batch_norm_stats(torch.cat(chunks))
+    assert_close(mean, mean_ref, torch.float64, "stats", "mean")
+    assert_close(var, var_ref, torch.float64, "stats", "var")
+    assert_close(invstd, torch.rsqrt(var_ref + 1e-5), torch.float64, "stats", "invstd")

@@ -148,22 +148,43 @@ def batch_stats(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor
         ACC=_tl_acc(acc),
         num_warps=tiles.num_warps,
     )
-    mean = torch.empty(C, dtype=acc, device=x.device)
+    return merge_stats(mean_p, m2_p, None, R, eps, rows_per_partial=tiles.BLOCK_R)
+
+
+def merge_stats(
+    mean_p: torch.Tensor,
+    m2_p: torch.Tensor,
+    count_p: torch.Tensor | None,
+    total: int,
+    eps: float,
+    *,
+    rows_per_partial: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Merge (P, C) partial means and M2s into per-channel mean, biased variance and invstd (Chan's formula).
+
+    ``count_p`` (P,) gives each partial's element count (zeros allowed); without it partial p covers
+    ``rows_per_partial`` elements, the last one the remainder of ``total``.
+    """
+    P, C = mean_p.shape
+    acc = mean_p.dtype
+    mean = torch.empty(C, dtype=acc, device=mean_p.device)
     var = torch.empty_like(mean)
     invstd = torch.empty_like(mean)
     block_c = min(triton.next_power_of_2(C), 64)
     block_p = max(1, min(triton.next_power_of_2(P), 4096 // block_c))
     stats_merge_kernel[(triton.cdiv(C, block_c),)](
-        mean_p,
-        m2_p,
+        mean_p.contiguous(),
+        m2_p.contiguous(),
+        count_p.contiguous() if count_p is not None else None,
         mean,
         var,
         invstd,
         P,
-        R,
+        total,
         C,
         eps,
-        ROWS_PER_PARTIAL=tiles.BLOCK_R,
+        HAS_COUNTS=count_p is not None,
+        ROWS_PER_PARTIAL=rows_per_partial,
         BLOCK_P=block_p,
         BLOCK_C=block_c,
         ACC=_tl_acc(acc),

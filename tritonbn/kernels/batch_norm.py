@@ -104,9 +104,19 @@ def stats_partial_kernel(
 
 
 @triton.jit
+def _partial_counts(count_p_ptr, offs_p, m_p, R, HAS_COUNTS: tl.constexpr, ROWS_PER_PARTIAL: tl.constexpr, ACC):
+    if HAS_COUNTS:
+        cnt = tl.load(count_p_ptr + offs_p, mask=m_p, other=0).to(ACC)
+    else:
+        cnt = tl.where(m_p, tl.minimum(R - offs_p * ROWS_PER_PARTIAL, ROWS_PER_PARTIAL), 0).to(ACC)
+    return cnt
+
+
+@triton.jit
 def stats_merge_kernel(
     mean_p_ptr,
     m2_p_ptr,
+    count_p_ptr,
     mean_ptr,
     var_ptr,
     invstd_ptr,
@@ -114,6 +124,7 @@ def stats_merge_kernel(
     R,
     C,
     eps,
+    HAS_COUNTS: tl.constexpr,
     ROWS_PER_PARTIAL: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -124,16 +135,19 @@ def stats_merge_kernel(
     mean = m_0 + Σ n_p (m_p - m_0) / R   (shifted by the first partial's mean)
     M2   = Σ M2_p + Σ n_p (m_p - mean)²
     and write mean, the biased variance M2 / R and 1 / sqrt(var + eps).
+
+    Partial p covers ``count_p[p]`` elements when HAS_COUNTS (e.g. one partial per rank, some possibly
+    empty), else ROWS_PER_PARTIAL (the last one the remainder of R).
     """
     pid_c = tl.program_id(0).to(tl.int64)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
     m_c = offs_c < C
-    m0 = tl.load(mean_p_ptr + offs_c, mask=m_c, other=0.0)
+    m0 = tl.load(mean_p_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
     acc = tl.zeros([BLOCK_C], dtype=ACC)
     for p_start in range(0, P, BLOCK_P):
         offs_p = p_start + tl.arange(0, BLOCK_P).to(tl.int64)
         m_p = offs_p < P
-        cnt = tl.where(m_p, tl.minimum(R - offs_p * ROWS_PER_PARTIAL, ROWS_PER_PARTIAL), 0).to(ACC)
+        cnt = _partial_counts(count_p_ptr, offs_p, m_p, R, HAS_COUNTS, ROWS_PER_PARTIAL, ACC)
         mask = m_p[:, None] & m_c[None, :]
         mp = tl.load(mean_p_ptr + offs_p[:, None] * C + offs_c[None, :], mask=mask, other=0.0)
         acc += tl.sum(tl.where(mask, cnt[:, None] * (mp - m0[None, :]), 0.0), axis=0)
@@ -142,7 +156,7 @@ def stats_merge_kernel(
     for p_start in range(0, P, BLOCK_P):
         offs_p = p_start + tl.arange(0, BLOCK_P).to(tl.int64)
         m_p = offs_p < P
-        cnt = tl.where(m_p, tl.minimum(R - offs_p * ROWS_PER_PARTIAL, ROWS_PER_PARTIAL), 0).to(ACC)
+        cnt = _partial_counts(count_p_ptr, offs_p, m_p, R, HAS_COUNTS, ROWS_PER_PARTIAL, ACC)
         mask = m_p[:, None] & m_c[None, :]
         mp = tl.load(mean_p_ptr + offs_p[:, None] * C + offs_c[None, :], mask=mask, other=0.0)
         m2p = tl.load(m2_p_ptr + offs_p[:, None] * C + offs_c[None, :], mask=mask, other=0.0)
