@@ -1,0 +1,1 @@
+"""``tritonbn-check``: correctness of tritonbn and torch batch norm against the float64 reference."""
