@@ -1,0 +1,1 @@
+"""``tritonbn-bench``: time tritonbn against cuDNN, PyTorch's native CUDA kernel and torch.compile."""

@@ -1,0 +1,157 @@
+"""``tritonbn-bench``: forward, backward and forward+backward timings, train and eval, per provider.
+
+Needs a CUDA device: without one it exits with status 2 (there are no CPU timings to pretend to be GPU
+numbers). Writes ``<out>/<gpu-slug>/<utc-date>_<sha>.csv`` (a new file per run, never overwriting) with
+the columns of :data:`tritonbn.schema.BENCH_COLUMNS` and prints the speed-up over cuDNN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from tritonbn.bench.providers import PROVIDERS
+from tritonbn.bench.suites import LAYOUTS, PASSES, SUITES, get_suite
+
+__all__ = ["build_parser", "main", "refusal"]
+
+DTYPES = ("fp32", "fp16", "bf16")
+MODES = ("train", "eval")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tritonbn-bench",
+        description="Benchmark batch norm on a CUDA GPU: tritonbn vs cuDNN, native and torch.compile.",
+    )
+    p.add_argument("--suite", nargs="+", choices=list(SUITES), default=["quick"], help="shape suites (default quick)")
+    p.add_argument("--dtype", nargs="+", choices=list(DTYPES), default=list(DTYPES), help="default: all three")
+    p.add_argument(
+        "--layout",
+        nargs="+",
+        choices=list(LAYOUTS),
+        default=list(LAYOUTS),
+        help="default: both (channels_last only applies to 4d/5d shapes)",
+    )
+    p.add_argument("--mode", nargs="+", choices=list(MODES), default=list(MODES), help="default: both")
+    p.add_argument(
+        "--pass", dest="passes", nargs="+", choices=list(PASSES), default=list(PASSES), help="default: all three"
+    )
+    p.add_argument("--provider", nargs="+", choices=list(PROVIDERS), default=list(PROVIDERS), help="default: all four")
+    p.add_argument(
+        "--affine",
+        choices=["true", "false", "both"],
+        default="true",
+        help="layers with weight and bias, without, or both (default true)",
+    )
+    p.add_argument("--out", type=Path, default=Path("bench_results"), help="results root (default bench_results)")
+    p.add_argument("--warmup", type=int, default=25, help="do_bench warm-up time in ms (default 25)")
+    p.add_argument("--rep", type=int, default=100, help="do_bench / CUDA-graph repetition time in ms (default 100)")
+    p.add_argument(
+        "--cudagraph-max-bytes",
+        type=int,
+        default=16 << 20,
+        help="time passes moving at most this many bytes with CUDA graphs (default 16 MiB)",
+    )
+    p.add_argument("--no-cudagraph", action="store_true", help="always use do_bench")
+    p.add_argument("--limit", type=int, default=None, help="only the first LIMIT configurations")
+    p.add_argument("--list-suites", action="store_true", help="print the shapes of the suites and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def refusal() -> str | None:
+    """Why this machine cannot produce GPU timings (``None`` if it can)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return (
+            "tritonbn-bench: no CUDA device is available. The benchmark times GPU kernels and does not "
+            "produce CPU numbers; run it on a machine with an NVIDIA GPU (tritonbn-check runs on the CPU)."
+        )
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        return "tritonbn-bench: TRITON_INTERPRET is set; interpreter timings are meaningless. Unset it."
+    return None
+
+
+def _progress(total: int, disable: bool):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, disable=disable, unit="cfg", desc="tritonbn-bench", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit must be positive")
+    if args.list_suites:
+        for name in args.suite:
+            shapes = get_suite(name)
+            print(f"{name} ({len(shapes)} shapes): " + ", ".join(str(s) for s in shapes))
+        return 0
+    reason = refusal()
+    if reason:
+        print(reason, file=sys.stderr)
+        return 2
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from tritonbn import provenance
+    from tritonbn.bench.runner import configurations, gpu_timer, run_config
+    from tritonbn.bench.summary import format_summary
+    from tritonbn.bench.timing import copy_bandwidth_gbps
+    from tritonbn.correctness.tolerances import parse_dtype
+    from tritonbn.schema import BENCH_COLUMNS, CsvWriter, result_path
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    prov = provenance.collect(device)
+    path = result_path(
+        args.out, provenance.device_slug(prov["gpu"]), provenance.utc_date(prov["timestamp"]), prov["git_sha"]
+    )
+    suites = {name: get_suite(name) for name in args.suite}
+    affines = {"true": [True], "false": [False], "both": [True, False]}[args.affine]
+    configs = list(configurations(suites, [parse_dtype(d) for d in args.dtype], args.layout, args.mode, affines))
+    if args.limit is not None:
+        configs = configs[: args.limit]
+    print(
+        f"tritonbn-bench: {len(configs)} configurations x {len(args.provider)} providers x "
+        f"{len(args.passes)} passes on {prov['gpu']}",
+        file=sys.stderr,
+    )
+    peak = copy_bandwidth_gbps(device)
+    print(f"tritonbn-bench: device-to-device copy {peak:.0f} GB/s (peak_gbps)", file=sys.stderr)
+    timer = gpu_timer(args.warmup, args.rep)
+    max_graph_bytes = -1 if args.no_cudagraph else args.cudagraph_max_bytes
+    all_rows = []
+    bar = _progress(len(configs), args.no_progress)
+    start = time.perf_counter()
+    with CsvWriter(path, BENCH_COLUMNS) as writer:
+        for cfg in configs:
+            if bar is not None:
+                bar.set_postfix_str(f"{cfg.suite} {cfg.shape} {cfg.dtype} {cfg.layout} {cfg.mode}", refresh=False)
+            rows = run_config(cfg, args.provider, args.passes, device, timer, peak, max_graph_bytes)
+            for row in rows:
+                row = {**prov, **row}
+                writer.write(row)
+                all_rows.append(row)
+            torch.cuda.empty_cache()
+            if bar is not None:
+                bar.update()
+    if bar is not None:
+        bar.close()
+    print(format_summary(all_rows, args.provider))
+    print(f"tritonbn-bench: {len(all_rows)} rows in {time.perf_counter() - start:.0f} s -> {writer.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
