@@ -1,0 +1,202 @@
+import csv
+
+import pytest
+import torch
+
+from tritonbn.bench.__main__ import build_parser, main
+from tritonbn.bench.providers import classify_backend
+from tritonbn.bench.runner import BenchConfig, configurations, run_config
+from tritonbn.bench.suites import Shape
+from tritonbn.bench.summary import format_summary, speedups
+from tritonbn.schema import BENCH_COLUMNS
+
+from .conftest import requires_cuda, requires_no_cuda
+
+
+def test_parser_defaults():
+    args = build_parser().parse_args([])
+    assert args.suite == ["quick"]
+    assert args.dtype == ["fp32", "fp16", "bf16"]
+    assert args.layout == ["contiguous", "channels_last"]
+    assert args.mode == ["train", "eval"]
+    assert args.passes == ["fwd", "bwd", "fwd_bwd"]
+    assert args.provider == ["tritonbn", "cudnn", "native", "inductor"]
+    assert str(args.out) == "bench_results"
+
+
+def test_parser_choices():
+    args = build_parser().parse_args(
+        ["--suite", "resnet50", "unet3d", "--dtype", "bf16", "--pass", "bwd", "--provider", "cudnn", "--out", "x"]
+    )
+    assert args.suite == ["resnet50", "unet3d"] and args.dtype == ["bf16"] and args.passes == ["bwd"]
+    for bad in (["--suite", "nope"], ["--dtype", "fp64"], ["--layout", "nhwc"], ["--pass", "all"]):
+        with pytest.raises(SystemExit) as e:
+            build_parser().parse_args(bad)
+        assert e.value.code == 2
+
+
+def test_list_suites_needs_no_gpu(capsys):
+    assert main(["--list-suites", "--suite", "resnet50"]) == 0
+    assert "256x64x112x112" in capsys.readouterr().out
+
+
+@requires_no_cuda
+def test_refuses_without_cuda(run_cli, tmp_path):
+    res = run_cli("tritonbn.bench", "--out", str(tmp_path))
+    assert res.returncode == 2
+    assert "no CUDA device" in res.stderr
+    assert not any(tmp_path.iterdir())  # and writes nothing
+
+
+@requires_no_cuda
+def test_refuses_without_cuda_in_process(capsys, tmp_path):
+    assert main(["--out", str(tmp_path)]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_configurations_skip_channels_last_for_2d_3d():
+    cfgs = list(
+        configurations(
+            {"s": [Shape(4, 3), Shape(2, 3, (4, 5))]},
+            [torch.float32],
+            ["contiguous", "channels_last"],
+            ["train"],
+            [True],
+        )
+    )
+    assert [(c.shape.dim, c.layout) for c in cfgs] == [(2, "contiguous"), (4, "contiguous"), (4, "channels_last")]
+
+
+def _fake_timer(make_fn, use_cudagraph):
+    make_fn()()
+    return (2.0, 1.5, 2.5), "fake"
+
+
+def test_run_config_plumbing_on_cpu():
+    """The loop on the CPU with a fake timer: verification, backends, error rows, traffic, GB/s."""
+    cfg = BenchConfig("t", Shape(4, 3, (5, 6)), torch.float16, "channels_last", "train", True)
+    rows = run_config(
+        cfg,
+        ["tritonbn", "native", "cudnn"],
+        ["fwd", "bwd", "fwd_bwd"],
+        torch.device("cpu"),
+        _fake_timer,
+        peak_gbps=1.0,
+        cudagraph_max_bytes=0,
+    )
+    assert len(rows) == 9
+    by = {(r["provider"], r["pass"]): r for r in rows}
+    for p in ("tritonbn", "native"):
+        for pass_ in ("fwd", "bwd", "fwd_bwd"):
+            r = by[(p, pass_)]
+            assert r["status"] == "ok", r["status"]
+            assert r["ms_median"] == 2.0 and r["gbps"] == pytest.approx(r["bytes"] / 2e-3 / 1e9)
+            assert r["pct_of_peak"] == pytest.approx(100 * r["gbps"])
+    assert by[("native", "fwd")]["backend"] == "native"
+    assert by[("tritonbn", "fwd")]["backend"] in ("triton", "torch-native")
+    assert by[("tritonbn", "fwd")]["bytes"] == 2 * 360 * 2 + 8 * 3 * 4
+    # cuDNN has no CPU kernel: recorded as an error, not timed
+    assert all(
+        by[("cudnn", p)]["status"].startswith("error") and by[("cudnn", p)]["ms_median"] is None
+        for p in ("fwd", "bwd", "fwd_bwd")
+    )
+    assert set(BENCH_COLUMNS) - set(rows[0]) <= {
+        "timestamp",
+        "git_sha",
+        "gpu",
+        "compute_capability",
+        "torch",
+        "cuda",
+        "cudnn",
+        "triton",
+    }
+
+
+def test_wrong_provider_is_not_timed(monkeypatch):
+    """A provider whose output disagrees with the reference gets a mismatch status and no timing."""
+    import tritonbn.bench.runner as runner
+
+    real = runner.make_forward
+
+    def broken(provider, t, training):
+        f = real(provider, t, training)
+        return lambda x: f(x) * 1.01
+
+    monkeypatch.setattr(runner, "make_forward", broken)
+    cfg = BenchConfig("t", Shape(8, 2, (3,)), torch.float32, "contiguous", "eval", True)
+    rows = run_config(cfg, ["native"], ["fwd"], torch.device("cpu"), _fake_timer, 1.0, 0)
+    assert rows[0]["status"].startswith("mismatch: y rel err") and rows[0]["ms_median"] is None
+
+
+def test_classify_backend():
+    assert classify_backend("cudnn", ["aten::cudnn_batch_norm", "aten::cudnn_batch_norm_backward"]) == "cudnn"
+    assert classify_backend("native", ["aten::native_batch_norm", "void at::native::elementwise"]) == "native"
+    assert classify_backend("tritonbn", ["stats_partial_kernel", "aten::empty"]) == "triton"
+    assert classify_backend("tritonbn", ["aten::native_batch_norm"]) == "torch-native"
+    assert classify_backend("inductor", ["triton_red_fused__native_batch_norm_legit_functional_0"]) == (
+        "inductor-triton"
+    )
+    assert classify_backend("inductor", ["aten::cudnn_batch_norm"]) == "inductor+cudnn"
+
+
+def _row(provider, ms, shape="1x2", dtype="fp16", status="ok"):
+    return {
+        "suite": "s",
+        "dtype": dtype,
+        "dim": 2,
+        "N": 1,
+        "C": 2,
+        "spatial": shape,
+        "layout": "contiguous",
+        "mode": "train",
+        "pass": "fwd",
+        "affine": True,
+        "provider": provider,
+        "ms_median": ms,
+        "status": status,
+    }
+
+
+def test_summary_geomean_speedup():
+    rows = [
+        _row("cudnn", 2.0, "a"),
+        _row("tritonbn", 1.0, "a"),
+        _row("cudnn", 2.0, "b"),
+        _row("tritonbn", 4.0, "b"),
+        _row("native", None, "a", status="error: x"),
+    ]
+    table = speedups(rows)
+    s, n = table[("s", "fp16")]["tritonbn"]
+    assert n == 2 and s == pytest.approx(1.0)  # geomean of 2x and 0.5x
+    text = format_summary(rows, ["tritonbn", "cudnn", "native"])
+    assert "1.00x" in text and "native: 1 rows not timed" in text
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_bench_smoke_on_gpu(tmp_path):
+    rc = main(
+        [
+            "--suite",
+            "quick",
+            "--limit",
+            "2",
+            "--dtype",
+            "fp16",
+            "--rep",
+            "5",
+            "--warmup",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    (path,) = tmp_path.glob("*/*.csv")
+    rows = list(csv.DictReader(path.open()))
+    assert tuple(rows[0]) == BENCH_COLUMNS
+    assert {r["provider"] for r in rows} == {"tritonbn", "cudnn", "native", "inductor"}
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert ok and all(float(r["gbps"]) > 0 and float(r["peak_gbps"]) > 0 for r in ok)
+    assert {r["backend"] for r in rows if r["provider"] == "cudnn" and r["status"] == "ok"} <= {"cudnn", "cudnn?"}

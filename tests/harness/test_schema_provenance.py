@@ -1,0 +1,135 @@
+import csv
+import datetime as dt
+
+import pytest
+
+from tritonbn import provenance
+from tritonbn.schema import (
+    BENCH_COLUMNS,
+    CORRECTNESS_COLUMNS,
+    PROVENANCE_COLUMNS,
+    CsvWriter,
+    result_path,
+    unique_path,
+)
+
+DESIGN_BENCH = [
+    "timestamp",
+    "git_sha",
+    "gpu",
+    "compute_capability",
+    "torch",
+    "cuda",
+    "cudnn",
+    "triton",
+    "provider",
+    "backend",
+    "mode",
+    "pass",
+    "dim",
+    "N",
+    "C",
+    "spatial",
+    "dtype",
+    "layout",
+    "affine",
+    "numel",
+    "bytes",
+    "ms_median",
+    "ms_p20",
+    "ms_p80",
+    "gbps",
+    "peak_gbps",
+    "pct_of_peak",
+]
+DESIGN_CHECK = [
+    "provider",
+    "case",
+    "dtype",
+    "layout",
+    "mode",
+    "quantity",
+    "max_abs_err",
+    "max_rel_err",
+    "reference",
+    "tol",
+    "passed",
+    "device",
+]
+
+
+def test_bench_columns_are_the_design_list_then_appended():
+    assert list(BENCH_COLUMNS[: len(DESIGN_BENCH)]) == DESIGN_BENCH
+    assert set(BENCH_COLUMNS[len(DESIGN_BENCH) :]) == {"suite", "status", "timer"}
+    assert len(set(BENCH_COLUMNS)) == len(BENCH_COLUMNS)
+
+
+def test_correctness_columns_have_design_list_and_provenance():
+    assert set(DESIGN_CHECK) <= set(CORRECTNESS_COLUMNS)
+    assert CORRECTNESS_COLUMNS[: len(PROVENANCE_COLUMNS)] == PROVENANCE_COLUMNS
+    assert len(set(CORRECTNESS_COLUMNS)) == len(CORRECTNESS_COLUMNS)
+
+
+def test_provenance_has_exactly_the_provenance_columns():
+    prov = provenance.collect("cpu")
+    assert tuple(prov) == PROVENANCE_COLUMNS
+    assert prov["gpu"] == "cpu" and prov["compute_capability"] == ""
+    dt.datetime.strptime(prov["timestamp"], "%Y-%m-%dT%H:%M:%SZ")
+    assert prov["git_sha"]
+
+
+def test_git_sha_outside_git_is_unknown(tmp_path):
+    assert provenance.git_sha(tmp_path) == "unknown"
+
+
+def test_git_sha_marks_dirty_trees(tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    try:
+        git("init", "-q")
+        git("-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q", "--allow-empty", "-m", "x")
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("git unavailable")
+    (tmp_path / "f").write_text("1")
+    clean = provenance.git_sha(tmp_path)  # untracked files do not make a tree dirty
+    assert len(clean) >= 7 and not clean.endswith("-dirty")
+    git("add", "f")
+    assert provenance.git_sha(tmp_path) == f"{clean}-dirty"
+
+
+def test_slugs():
+    assert provenance.device_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    assert provenance.device_slug("cpu-interpreter") == "cpu-interpreter"
+    assert provenance.slugify("  ") == "unknown"
+    assert provenance.utc_date("2025-01-31T12:00:00Z") == "2025-01-31"
+
+
+def test_result_paths_are_append_only(tmp_path):
+    p = result_path(tmp_path, "gpu-x", "2025-01-31", "abc1234")
+    assert p == tmp_path / "gpu-x" / "2025-01-31_abc1234.csv"
+    c = result_path(tmp_path, "gpu-x", "2025-01-31", "abc1234", kind="check")
+    assert c.name == "2025-01-31_abc1234_check.csv"
+    c.parent.mkdir(parents=True)
+    c.write_text("x")
+    assert unique_path(c).name == "2025-01-31_abc1234_2_check.csv"
+    with pytest.raises(ValueError):
+        result_path(tmp_path, "g", "d", "s", kind="other")
+
+
+def test_csv_writer_never_overwrites(tmp_path):
+    cols = ("a", "b")
+    target = tmp_path / "sub" / "run.csv"
+    with CsvWriter(target, cols) as w:
+        w.write({"a": 1, "b": 0.1})
+    with CsvWriter(target, cols) as w2:
+        w2.write({"a": True, "b": None})
+    assert w.path == target and w2.path == tmp_path / "sub" / "run_2.csv"
+    rows = list(csv.DictReader(target.open()))
+    assert rows == [{"a": "1", "b": "0.1"}]
+    assert list(csv.DictReader(w2.path.open())) == [{"a": "true", "b": ""}]
+    with CsvWriter(tmp_path / "empty.csv", cols) as w3, pytest.raises(KeyError):
+        w3.write({"a": 1})
+    assert not (tmp_path / "empty.csv").exists()  # nothing measured, no file
