@@ -1,0 +1,120 @@
+"""Overview: headline speed-up vs cuDNN per GPU and dtype, % of peak bandwidth, correctness pass rate."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import data, plots, ui
+
+st.title("tritonbn overview")
+st.caption(
+    "Speed-up = cuDNN time / tritonbn time (above 1×: tritonbn is faster), geometric mean over the measured "
+    "shapes and layouts; the latest measurement of each configuration counts. Bandwidth uses the minimum "
+    "traffic model (fwd 2, bwd 3, fwd+bwd 5 × numel × element size)."
+)
+root, res = ui.load()
+bench = res.benchmarks
+
+st.header("Performance vs cuDNN")
+timed = bench[bench["ok"].astype(bool)] if len(bench) else bench
+if timed.empty:
+    st.info(ui.NO_BENCHMARKS.format(root=root))
+else:
+    head = data.headline(bench)
+    if head.empty:
+        st.warning(
+            "Benchmark results exist, but no train fwd+bwd or eval fwd configuration was measured for both "
+            "tritonbn and cuDNN: see the Throughput page for what there is."
+        )
+    for gpu in sorted(timed["gpu"].unique()):
+        st.subheader(gpu)
+        h = head[head["gpu"] == gpu]
+        if h.empty:
+            st.info("No headline configuration measured for both tritonbn and cuDNN on this GPU.")
+            continue
+        dtypes = sorted(h["dtype"].unique())
+        cols = st.columns(len(dtypes))
+        for col, dt in zip(cols, dtypes, strict=True):
+            with col:
+                st.markdown(f"**{dt}**")
+                for mode, pas in data.HEADLINES:
+                    r = h[(h["dtype"] == dt) & (h["mode"] == mode) & (h["pass"] == pas)]
+                    label = f"{mode} {plots.PASS_LABEL[pas]}"
+                    if r.empty:
+                        st.metric(label, "–")
+                        continue
+                    r = r.iloc[0]
+                    st.metric(
+                        label,
+                        ui.speedup_text(r["geomean"]),
+                        help=f"geomean over {r['shapes']} shapes; best {r['best_x']:.2f}× ({r['best']}), "
+                        f"worst {r['worst_x']:.2f}× ({r['worst']}); tritonbn reaches a median "
+                        f"{r['pct_peak']:.0f}% of the copy bandwidth",
+                    )
+        st.plotly_chart(plots.headline_bars(h), key=f"headline-{gpu}")
+        table = h.assign(
+            setting=h["mode"] + " " + h["pass"].map(plots.PASS_LABEL),
+            geomean=h["geomean"].map(ui.speedup_text),
+            best=h["best"] + " (" + h["best_x"].map(ui.speedup_text) + ")",
+            worst=h["worst"] + " (" + h["worst_x"].map(ui.speedup_text) + ")",
+            pct_peak=h["pct_peak"].map(lambda v: "–" if pd.isna(v) else f"{v:.0f}%"),
+        )[["dtype", "setting", "shapes", "geomean", "best", "worst", "pct_peak"]]
+        st.dataframe(
+            table,
+            hide_index=True,
+            column_config={
+                "geomean": "speed-up (geomean)",
+                "best": "best shape",
+                "worst": "worst shape",
+                "pct_peak": st.column_config.TextColumn("tritonbn % of peak GB/s", help="median over shapes"),
+            },
+        )
+    failed = int((~bench["ok"].astype(bool)).sum())
+    if failed:
+        by = bench.loc[~bench["ok"].astype(bool), "provider"].value_counts()
+        st.warning(
+            f"{failed} measurement(s) have no timing (the provider failed or was skipped) and are left out: "
+            + ", ".join(f"{p} {n}" for p, n in by.items())
+        )
+
+st.header("Correctness")
+corr = res.correctness
+if corr.empty:
+    st.info(ui.NO_CORRECTNESS.format(root=root))
+else:
+    rates = data.pass_rates(corr, by=("device", "provider"))
+    ours = rates[rates["provider"] == "tritonbn"]
+    cols = st.columns(max(1, len(ours)))
+    for col, (_, r) in zip(cols, ours.iterrows(), strict=False):
+        col.metric(
+            f"tritonbn pass rate · {r['device']}",
+            f"{100 * r['rate']:.1f}%",
+            help=f"{int(r['passed'])} of {int(r['checks'])} checks within tolerance of the float64 reference",
+        )
+    for provider, r in rates.groupby("provider"):
+        n_fail, n = int(r["failed"].sum()), int(r["checks"].sum())
+        if provider == "tritonbn":
+            if n_fail:
+                st.error(f"tritonbn: {n_fail} of {n} correctness checks failed — see the Correctness page.")
+            else:
+                st.success(f"tritonbn: all {n} correctness checks passed.")
+        elif n_fail:
+            st.caption(
+                f"{provider} (PyTorch's own batch norm, shown for comparison): {n_fail} of {n} checks outside the "
+                "tolerance — see the Correctness page."
+            )
+    by_dtype = data.pass_rates(corr, by=("device", "provider", "dtype"))
+    st.dataframe(
+        by_dtype.assign(rate=by_dtype["rate"].map(lambda v: f"{100 * v:.1f}%")),
+        hide_index=True,
+        column_config={"rate": "pass rate"},
+    )
+
+st.header("Provenance")
+frames = [f for f in (bench, corr) if not f.empty]
+if frames:
+    prov = data.provenance(pd.concat([f[["source", *data.PROVENANCE_COLUMNS]] for f in frames], ignore_index=True))
+    st.dataframe(prov, hide_index=True, column_config={"source": "result file", "git_sha": "commit"})
+else:
+    st.info("No run recorded yet.")

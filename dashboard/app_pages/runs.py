@@ -1,0 +1,86 @@
+"""Runs: every result file with its provenance, and a side-by-side comparison of two runs."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import data, plots, ui
+
+st.title("Runs")
+st.caption("One result file is one run of `tritonbn-bench` or `tritonbn-check`, with the provenance it recorded.")
+root, res = ui.load()
+if not res.files:
+    st.stop()
+
+frames = [f[["source", *data.PROVENANCE_COLUMNS]] for f in (res.benchmarks, res.correctness) if not f.empty]
+prov = data.provenance(pd.concat(frames, ignore_index=True)) if frames else data.provenance(pd.DataFrame())
+files = res.files_frame.drop(columns=["mtime"]).merge(
+    prov.drop(columns=["rows"]), left_on="file", right_on="source", how="left"
+)
+files = files.drop(columns=["source"])
+st.dataframe(
+    files,
+    hide_index=True,
+    column_config={"problems": st.column_config.NumberColumn("problems", help="see the list below")},
+)
+bad = [f for f in res.files if f.problems]
+if bad:
+    with st.expander(f"Problems in {len(bad)} file(s)", expanded=True):
+        for f in bad:
+            st.markdown(f"**{f.path}**\n" + "\n".join(f"- {p}" for p in f.problems))
+
+st.header("Compare two runs")
+kinds = [k for k, f in (("benchmark", res.benchmarks), ("correctness", res.correctness)) if not f.empty]
+if not kinds:
+    st.info("No readable run to compare yet.")
+    st.stop()
+kind = st.radio("Kind", kinds, horizontal=True)
+frame = res.benchmarks if kind == "benchmark" else res.correctness
+sources = sorted(frame["source"].unique())
+if len(sources) < 2:
+    st.info(f"Only one {kind} run so far: a comparison needs two.")
+    st.stop()
+c1, c2 = st.columns(2)
+label = lambda s: ui.run_label(s, frame)  # noqa: E731
+run_a = c1.selectbox("Run A (before)", sources, index=len(sources) - 2, format_func=label)
+run_b = c2.selectbox("Run B (after)", sources, index=len(sources) - 1, format_func=label)
+if run_a == run_b:
+    st.info("Pick two different runs.")
+    st.stop()
+
+if kind == "benchmark":
+    cmp = data.compare_benchmark_runs(frame, run_a, run_b)
+    if cmp.empty:
+        st.info("The two runs have no measurement in common.")
+        st.stop()
+    cols = st.columns(max(1, cmp["provider"].nunique()))
+    for col, (provider, g) in zip(cols, cmp.groupby("provider"), strict=False):
+        col.metric(
+            f"{provider}: time B / time A",
+            ui.speedup_text(data.geomean(g["ratio"])),
+            help=f"geomean over {len(g)} common measurements; below 1×: B is faster",
+        )
+    st.plotly_chart(plots.run_comparison(cmp, label(run_a), label(run_b)))
+    st.dataframe(
+        cmp[["provider", "shape", "dtype", "layout", "mode", "pass", "ms_median_a", "ms_median_b", "ratio"]],
+        hide_index=True,
+        column_config={
+            "ms_median_a": st.column_config.NumberColumn("A (ms)", format="%.4f"),
+            "ms_median_b": st.column_config.NumberColumn("B (ms)", format="%.4f"),
+            "ratio": st.column_config.NumberColumn("B / A", format="%.3f×"),
+        },
+    )
+else:
+    cmp = data.compare_correctness_runs(frame, run_a, run_b)
+    if cmp.empty:
+        st.info("The two runs have no check in common.")
+        st.stop()
+    changed = cmp[cmp["changed"]]
+    if changed.empty:
+        st.success(f"All {len(cmp)} common checks have the same pass/fail result in both runs.")
+    else:
+        st.error(f"{len(changed)} of {len(cmp)} common checks changed result between A and B:")
+        st.dataframe(changed, hide_index=True)
+    with st.expander("All common checks"):
+        st.dataframe(cmp, hide_index=True)

@@ -1,0 +1,350 @@
+"""Plotly figures for the dashboard pages (no Streamlit here: every function returns a figure)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+
+PROVIDER_COLORS = {
+    "tritonbn": "#d62728",
+    "cudnn": "#1f77b4",
+    "native": "#7f7f7f",
+    "inductor": "#2ca02c",
+    "torch": "#1f77b4",
+}
+PROVIDER_ORDER = ["tritonbn", "cudnn", "native", "inductor", "torch"]
+HEADLINE_COLORS = {"train fwd+bwd": "#d62728", "eval fwd": "#ff9896"}
+PASS_LABEL = {"fwd": "fwd", "bwd": "bwd", "fwd_bwd": "fwd+bwd"}
+FONT = {"size": 13}
+
+# Hover provenance: every point says which run measured it.
+_PROVENANCE_HOVER = ["gpu", "git_sha", "torch", "triton", "cuda", "cudnn", "timestamp", "source"]
+
+
+def _style(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
+    fig.update_layout(
+        title={"text": title, "x": 0.0, "xanchor": "left", "font": {"size": 16}},
+        template="plotly_white",
+        font=FONT,
+        height=height,
+        margin={"l": 60, "r": 20, "t": 70, "b": 55},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "right", "x": 1, "title": None},
+        hoverlabel={"font_size": 12},
+    )
+    return fig
+
+
+def _strip_facet_titles(fig: go.Figure) -> None:
+    """``dtype=float16`` facet titles → ``float16``."""
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1], font={"size": 13}))
+
+
+def empty_figure(message: str, title: str = "") -> go.Figure:
+    fig = go.Figure()
+    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font={"size": 14})
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return _style(fig, title, height=240)
+
+
+def _speedup_axis(values) -> dict:
+    """A log axis with ×-ticks that always shows 1× (the baseline)."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v)) and float(v) > 0]
+    lo, hi = (min(vals), max(vals)) if vals else (1.0, 1.0)
+    lo, hi = min(lo, 1.0) / 1.15, max(hi, 1.0) * 1.15
+    ticks = [t for t in (0.1, 0.2, 0.25, 0.5, 0.67, 0.8, 1, 1.25, 1.5, 2, 3, 4, 5, 10, 20) if lo <= t <= hi]
+    return {
+        "type": "log",
+        "range": [math.log10(lo), math.log10(hi)],
+        "tickvals": ticks,
+        "ticktext": [f"{t:g}×" for t in ticks],
+    }
+
+
+def headline_bars(headline: pd.DataFrame, provider: str = "tritonbn", baseline: str = "cudnn") -> go.Figure:
+    """Geomean speed-up per dtype for the two headline settings, the whiskers spanning worst to best shape."""
+    title = f"{provider} speed-up vs {baseline} (geomean over shapes; whiskers: worst … best shape)"
+    if headline.empty:
+        return empty_figure("no configuration measured for both providers", title)
+    h = headline.copy()
+    h["setting"] = h["mode"] + " " + h["pass"].map(PASS_LABEL).fillna(h["pass"])
+    gpus = list(dict.fromkeys(h["gpu"]))
+    fig = go.Figure()
+    for setting, g in h.groupby("setting", sort=False):
+        fig.add_bar(
+            x=list(g["dtype"]) if len(gpus) == 1 else [list(g["gpu"]), list(g["dtype"])],
+            y=g["geomean"],
+            name=setting,
+            marker_color=HEADLINE_COLORS.get(setting),
+            text=[f"{v:.2f}×" for v in g["geomean"]],
+            textposition="outside",
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": (g["best_x"] - g["geomean"]).clip(lower=0),
+                "arrayminus": (g["geomean"] - g["worst_x"]).clip(lower=0),
+                "color": "#444",
+                "thickness": 1,
+            },
+            customdata=g[["shapes", "best", "best_x", "worst", "worst_x", "pct_peak", "gpu"]],
+            hovertemplate="<b>%{customdata[6]}</b> %{x}<br>geomean %{y:.2f}× over %{customdata[0]} shapes"
+            "<br>best %{customdata[2]:.2f}× (%{customdata[1]})<br>worst %{customdata[4]:.2f}× (%{customdata[3]})"
+            "<br>median %{customdata[5]:.0f}% of peak bandwidth<extra>%{fullData.name}</extra>",
+        )
+    fig.add_hline(y=1, line_dash="dash", line_color="#555", annotation_text=f"{baseline} = 1×")
+    all_vals = list(h["geomean"]) + list(h["best_x"]) + list(h["worst_x"])
+    fig.update_yaxes(title=f"speed-up vs {baseline} (×, log)", **_speedup_axis(all_vals))
+    fig.update_xaxes(title="dtype")
+    fig.update_layout(barmode="group", bargap=0.3)
+    return _style(fig, title, height=400)
+
+
+def bandwidth_vs_numel(df: pd.DataFrame, title: str = "Achieved bandwidth vs problem size") -> go.Figure:
+    """GB/s against numel (log) per provider, one panel per dtype; the copy-bandwidth peak as a dashed line."""
+    if df.empty:
+        return empty_figure("nothing measured for this selection", title)
+    d = df.sort_values("numel").copy()
+    d["series"] = d["provider"] + " · " + d["layout"]
+    d["ms_range"] = [f"{a:.4g} … {b:.4g}" for a, b in zip(d["ms_p20"], d["ms_p80"], strict=True)]
+    hover = {c: True for c in ["shape", "layout", "ms_median", "ms_range", "pct_of_peak", "backend"]}
+    hover.update({c: True for c in _PROVENANCE_HOVER if c in d})
+    hover.update({"series": False, "numel": ":,.0f", "gbps": ":.0f", "dtype": False})
+    order = [p for p in PROVIDER_ORDER if p in set(d["provider"])]
+    fig = px.line(
+        d,
+        x="numel",
+        y="gbps",
+        color="provider",
+        line_dash="layout",
+        symbol="layout",
+        facet_col="dtype",
+        line_group="series",
+        markers=True,
+        log_x=True,
+        hover_data=hover,
+        color_discrete_map=PROVIDER_COLORS,
+        category_orders={"provider": order, "dtype": sorted(d["dtype"].unique())},
+        labels={
+            "numel": "elements (N·C·spatial, log)",
+            "gbps": "GB/s",
+            "ms_median": "median ms",
+            "ms_range": "p20 … p80 ms",
+            "pct_of_peak": "% of peak",
+        },
+    )
+    peak = d["peak_gbps"].median()
+    if pd.notna(peak) and peak > 0:
+        fig.add_hline(
+            y=peak,
+            line_dash="dot",
+            line_color="#333",
+            annotation_text=f"copy peak {peak:.0f} GB/s",
+            annotation_position="top left",
+        )
+    fig.update_yaxes(title="achieved bandwidth (GB/s)", rangemode="tozero", col=1)
+    fig.update_yaxes(rangemode="tozero")
+    _strip_facet_titles(fig)
+    return _style(fig, title, height=440)
+
+
+def speedup_by_shape(sp: pd.DataFrame, baseline: str = "cudnn", title: str | None = None) -> go.Figure:
+    """Speed-up vs the baseline for every shape (bars per provider), one panel per dtype and layout."""
+    title = title or f"Speed-up vs {baseline} by shape (above 1×: faster than {baseline})"
+    if sp.empty:
+        return empty_figure(f"no shape measured for both a provider and {baseline}", title)
+    d = sp.sort_values(["numel", "shape"]).copy()
+    d["x"] = d["shape"]
+    hover = {"speedup": ":.2f", "ms_median": ":.4g", "baseline_ms": ":.4g", "gbps": ":.0f", "x": False}
+    hover.update({c: True for c in _PROVENANCE_HOVER if c in d})
+    layouts = sorted(d["layout"].unique())
+    fig = px.bar(
+        d,
+        x="x",
+        y="speedup",
+        color="provider",
+        barmode="group",
+        facet_col="dtype",
+        facet_row="layout" if len(layouts) > 1 else None,
+        hover_data=hover,
+        color_discrete_map=PROVIDER_COLORS,
+        category_orders={
+            "provider": [p for p in PROVIDER_ORDER if p in set(d["provider"])],
+            "x": list(dict.fromkeys(d["x"])),
+            "dtype": sorted(d["dtype"].unique()),
+            "layout": layouts,
+        },
+        labels={"speedup": "speed-up (×)", "x": "shape N×C×spatial", "ms_median": "ms", "baseline_ms": "baseline ms"},
+        log_y=True,
+    )
+    fig.add_hline(y=1, line_dash="dash", line_color="#555")
+    fig.update_yaxes(**_speedup_axis(d["speedup"]))
+    fig.update_yaxes(title=None)
+    fig.update_yaxes(title=f"× vs {baseline}", col=1)
+    fig.update_xaxes(tickangle=-30, title=None)
+    _strip_facet_titles(fig)
+    return _style(fig, title, height=300 + 180 * len(layouts))
+
+
+def speedup_heatmap(sp: pd.DataFrame, provider: str = "tritonbn", baseline: str = "cudnn") -> go.Figure:
+    """Shapes × (dtype, layout, mode, pass) coloured by log speed-up (red: faster than the baseline)."""
+    title = f"{provider} speed-up vs {baseline}: every shape and setting"
+    d = sp[sp["provider"] == provider].copy() if not sp.empty else sp
+    if d.empty:
+        return empty_figure(f"no {provider} measurement with a {baseline} counterpart", title)
+    d["setting"] = (
+        (d["dtype"] + " · " + d["layout"].str.replace("channels_last", "NHWC").str.replace("contiguous", "NCHW"))
+        + "<br>"
+        + d["mode"]
+        + " "
+        + d["pass"].map(PASS_LABEL).fillna(d["pass"])
+    )
+    d = d.sort_values(["numel", "shape"])
+    rows = list(dict.fromkeys(d["shape"]))
+    cols = sorted(d["setting"].unique())
+    piv = d.pivot_table(index="shape", columns="setting", values="speedup", aggfunc="median").reindex(
+        index=rows, columns=cols
+    )
+    z = piv.map(lambda v: math.log2(v) if pd.notna(v) and v > 0 else None)
+    text = piv.map(lambda v: f"{v:.2f}×" if pd.notna(v) else "")
+    zmax = max(0.5, float(z.abs().max().max() or 0.5))
+    ticks = [v for v in (0.25, 0.5, 0.67, 1, 1.5, 2, 4) if abs(math.log2(v)) <= zmax]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z.values,
+            x=cols,
+            y=rows,
+            text=text.values,
+            texttemplate="%{text}",
+            textfont={"size": 11},
+            colorscale="RdBu_r",
+            zmid=0,
+            zmin=-zmax,
+            zmax=zmax,
+            colorbar={
+                "title": {"text": "speed-up"},
+                "tickvals": [math.log2(v) for v in ticks],
+                "ticktext": [f"{v:g}×" for v in ticks],
+            },
+            hovertemplate="shape %{y}<br>%{x}<br>speed-up %{text}<extra></extra>",
+            xgap=1,
+            ygap=1,
+        )
+    )
+    fig.update_xaxes(title=None, tickangle=0, side="bottom")
+    fig.update_yaxes(title="shape N×C×spatial", autorange="reversed", type="category")
+    return _style(fig, title, height=160 + 36 * len(rows))
+
+
+def error_by_quantity(df: pd.DataFrame, metric: str = "max_rel_err", show_tol: bool = True) -> go.Figure:
+    """Error vs the float64 reference per quantity, tritonbn next to torch, one panel per dtype.
+
+    Grey dashes mark each check's tolerance (``show_tol``); failed checks are large black-edged crosses.
+    Checks without an error value (skipped, or the provider raised) are not plotted.
+    """
+    label = {"max_abs_err": "max |error|", "max_rel_err": "max relative error"}.get(metric, metric)
+    title = f"{label} vs the float64 reference, per quantity (log scale; ✕: failed"
+    title += ", grey dash: tolerance)" if show_tol else ")"
+    d = df[df[metric].notna()].copy() if not df.empty else df
+    if d.empty:
+        return empty_figure("no correctness result with an error value for this selection", title)
+    vals = d[metric][d[metric] > 0]
+    floor = float(vals.min()) / 10 if len(vals) else 1e-16
+    d["plotted"] = d[metric].where(d[metric] > 0, floor)
+    if "result" not in d:
+        d["result"] = d["passed"].map({True: "passed", False: "FAILED"}).fillna("skipped")
+    dtypes = sorted(d["dtype"].unique())
+    quantities = list(dict.fromkeys(d["quantity"]))
+    providers = [p for p in PROVIDER_ORDER if p in set(d["provider"])] + sorted(
+        set(d["provider"]) - set(PROVIDER_ORDER)
+    )
+    fig = px.strip(
+        d,
+        x="quantity",
+        y="plotted",
+        color="provider",
+        facet_col="dtype",
+        log_y=True,
+        stripmode="group",
+        color_discrete_map=PROVIDER_COLORS,
+        category_orders={"provider": providers, "dtype": dtypes, "quantity": quantities},
+        hover_data={
+            "plotted": False,
+            metric: ":.3g",
+            "tol": ":.3g",
+            **{c: True for c in ("result", "case", "layout", "mode", "backend", "note", "device") if c in d},
+            **{c: True for c in ("git_sha", "torch", "triton", "source") if c in d},
+        },
+        labels={"quantity": "quantity", "plotted": label},
+    )
+    fig.update_traces(marker={"size": 8, "opacity": 0.75})
+    # Tolerances: a wide grey dash per (dtype, quantity) at the base (smallest) tolerance; a case whose
+    # tolerance was raised (ill-conditioned statistics) shows its own in the hover.
+    tol = d.groupby(["dtype", "quantity"], sort=False)["tol"].min().reset_index()
+    for i, dt in enumerate(dtypes, start=1):
+        t = tol[(tol["dtype"] == dt) & tol["tol"].notna()]
+        if show_tol and not t.empty:
+            fig.add_scatter(
+                x=t["quantity"],
+                y=t["tol"],
+                mode="markers",
+                marker={"symbol": "line-ew-open", "size": 34, "color": "#666", "line": {"width": 3}},
+                name="tolerance (base)",
+                legendgroup="tolerance",
+                showlegend=i == 1,
+                hovertemplate="tolerance %{y:.3g}<extra></extra>",
+                row=1,
+                col=i,
+            )
+        bad = d[(d["dtype"] == dt) & (d["result"] == "FAILED")]
+        if not bad.empty:
+            fig.add_scatter(
+                x=bad["quantity"],
+                y=bad["plotted"],
+                mode="markers",
+                marker={"symbol": "x", "size": 16, "color": "#d62728", "line": {"width": 2, "color": "black"}},
+                name="failed",
+                legendgroup="failed",
+                showlegend=not any(tr.name == "failed" for tr in fig.data),
+                customdata=bad[["provider", "case", "layout", "mode", "tol"]],
+                hovertemplate="<b>FAILED</b> %{customdata[0]} %{x}<br>error %{y:.3g}, tol %{customdata[4]:.3g}"
+                "<br>%{customdata[1]} %{customdata[2]} %{customdata[3]}<extra></extra>",
+                row=1,
+                col=i,
+            )
+    fig.update_yaxes(title=None, exponentformat="power")
+    fig.update_yaxes(title=f"{label} (log)", col=1)
+    fig.update_xaxes(title=None, tickangle=-30)
+    _strip_facet_titles(fig)
+    return _style(fig, title, height=460)
+
+
+def run_comparison(cmp: pd.DataFrame, label_a: str, label_b: str) -> go.Figure:
+    """Time in run B over run A for every common measurement (below 1: B is faster)."""
+    title = "Run B time / run A time per measurement (below 1×: B is faster)"
+    if cmp.empty:
+        return empty_figure("the two runs have no measurement in common", title)
+    d = cmp.sort_values(["numel", "shape"]) if "numel" in cmp else cmp.sort_values("shape")
+    d = d.assign(setting=d["dtype"] + " " + d["layout"] + " " + d["mode"] + " " + d["pass"].map(PASS_LABEL))
+    fig = px.strip(
+        d,
+        x="shape",
+        y="ratio",
+        color="provider",
+        hover_data={"setting": True, "ms_median_a": ":.4g", "ms_median_b": ":.4g", "ratio": ":.3f"},
+        color_discrete_map=PROVIDER_COLORS,
+        category_orders={"provider": [p for p in PROVIDER_ORDER if p in set(d["provider"])]},
+        labels={
+            "ratio": "time B / time A (×)",
+            "shape": "shape N×C×spatial",
+            "ms_median_a": "ms A",
+            "ms_median_b": "ms B",
+        },
+        log_y=True,
+    )
+    fig.add_hline(y=1, line_dash="dash", line_color="#555")
+    fig.update_yaxes(**_speedup_axis(d["ratio"]))
+    fig.update_xaxes(tickangle=-30)
+    return _style(fig, title + f"<br><sup>A: {label_a}<br>B: {label_b}</sup>", height=460)

@@ -1,0 +1,168 @@
+"""Small synthetic result CSVs for the dashboard tests, written into temporary folders only.
+
+The numbers are made up (deterministic) and only exercise the dashboard; real results come from real runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import zlib
+from pathlib import Path
+
+import pandas as pd
+
+from dashboard import data
+
+GPU = "NVIDIA H100 80GB HBM3"
+PROV = {
+    "timestamp": "2025-01-02T03:04:05Z",
+    "git_sha": "abc1234",
+    "gpu": GPU,
+    "compute_capability": "9.0",
+    "torch": "2.13.0",
+    "cuda": "12.8",
+    "cudnn": "91000",
+    "triton": "3.9.0",
+}
+SHAPES = [(2, 32, 64, "56x56"), (2, 64, 256, "28x28"), (2, 8, 512, "7x7"), (1, 256, 1024, ""), (3, 2, 32, "16x32x32")]
+PROVIDER_GBPS = {"tritonbn": 2400.0, "cudnn": 1900.0, "native": 1500.0, "inductor": 2100.0}
+ELT = {"float16": 2, "bfloat16": 2, "float32": 4}
+PASS_BYTES = {"fwd": 2, "bwd": 3, "fwd_bwd": 5}
+
+
+def _jitter(*key) -> float:
+    """A deterministic factor in [0.8, 1.2) from the key."""
+    return 0.8 + 0.4 * (zlib.crc32(repr(key).encode()) % 1000) / 1000
+
+
+def benchmark_rows(prov: dict | None = None, scale: float = 1.0, fail_inductor: bool = True) -> list[dict]:
+    prov = {**PROV, **(prov or {})}
+    rows = []
+    for dim, n, c, spatial in SHAPES:
+        numel = n * c * math.prod(int(s) for s in spatial.split("x")) if spatial else n * c
+        for dtype, elt in ELT.items():
+            for layout in ("contiguous", "channels_last") if dim >= 2 else ("contiguous",):
+                for mode, pas in (("train", "fwd"), ("train", "bwd"), ("train", "fwd_bwd"), ("eval", "fwd")):
+                    nbytes = PASS_BYTES[pas] * numel * elt
+                    for provider, gbps in PROVIDER_GBPS.items():
+                        row = {
+                            **prov,
+                            "provider": provider,
+                            "backend": {"cudnn": "cudnn", "native": "native", "inductor": "triton"}.get(
+                                provider, "tritonbn"
+                            ),
+                            "mode": mode,
+                            "pass": pas,
+                            "dim": dim,
+                            "N": n,
+                            "C": c,
+                            "spatial": spatial,
+                            "dtype": dtype,
+                            "layout": layout,
+                            "affine": True,
+                            "numel": numel,
+                            "bytes": nbytes,
+                            "peak_gbps": 3000.0,
+                            "suite": "quick",
+                            "status": "ok",
+                            "error": "",
+                        }
+                        g = gbps * _jitter(provider, dim, n, dtype, layout, mode, pas) * scale
+                        g *= min(1.0, numel / 2e6) ** 0.3  # small shapes are latency bound
+                        if fail_inductor and provider == "inductor" and dim == 3 and dtype == "bfloat16":
+                            row.update(status="error", error="inductor: compilation failed")
+                            row.update(ms_median="", ms_p20="", ms_p80="", gbps="", pct_of_peak="")
+                        else:
+                            ms = nbytes / (g * 1e6)
+                            row.update(ms_median=ms, ms_p20=ms * 0.98, ms_p80=ms * 1.03, gbps=g)
+                            row.update(pct_of_peak=100 * g / 3000.0)
+                        rows.append(row)
+    return rows
+
+
+QUANTITIES = ["y", "running_mean", "running_var", "dx", "dweight", "dbias", "ddx"]
+FAILING = ("tritonbn", "float32", "ddx", "channels_last", "train")
+TOL = {"float16": 1e-2, "bfloat16": 5e-2, "float32": 1e-5, "float64": 1e-12}
+
+
+def correctness_rows(device: str = "cpu-interpreter", prov: dict | None = None, failures: int = 1) -> list[dict]:
+    prov = {**PROV, "gpu": "" if device == "cpu-interpreter" else GPU, **(prov or {})}
+    rows = []
+    for provider in ("tritonbn", "torch"):
+        for dtype in ("float32", "float64"):
+            for layout in ("contiguous", "channels_last"):
+                for mode in ("train", "eval"):
+                    for q in QUANTITIES:
+                        tol = TOL[dtype]
+                        err = tol * 0.05 * _jitter(provider, dtype, layout, mode, q)
+                        if q == "running_var" and mode == "eval":
+                            err = 0.0
+                        passed = True
+                        if failures and (provider, dtype, q, layout, mode) == FAILING:
+                            err, passed = tol * 3, False
+                        rows.append(
+                            {
+                                "provider": provider,
+                                "case": "N3C5L7" if layout == "contiguous" else "N2C3H5W7",
+                                "dtype": dtype,
+                                "layout": layout,
+                                "mode": mode,
+                                "quantity": q,
+                                "max_abs_err": err,
+                                "max_rel_err": err * 10,
+                                "reference": "float64",
+                                "tol": tol,
+                                "passed": passed,
+                                "device": device,
+                                **prov,
+                            }
+                        )
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def write_good(root: Path) -> Path:
+    """Two benchmark runs on one GPU and a correctness run from the interpreter and from the GPU."""
+    write_csv(root / "nvidia-h100" / "2025-01-02_abc1234.csv", benchmark_rows())
+    later = {"timestamp": "2025-01-09T03:04:05Z", "git_sha": "def5678"}
+    write_csv(root / "nvidia-h100" / "2025-01-09_def5678.csv", benchmark_rows(later, scale=1.1, fail_inductor=False))
+    write_csv(root / "correctness" / "cpu-interpreter_abc1234.csv", correctness_rows())
+    write_csv(root / "correctness" / "nvidia-h100_abc1234.csv", correctness_rows(GPU, failures=0))
+    return root
+
+
+def write_correctness_only(root: Path) -> Path:
+    write_csv(root / "correctness" / "cpu-interpreter_abc1234.csv", correctness_rows())
+    return root
+
+
+def write_malformed(root: Path) -> Path:
+    """Garbage, an empty file, a header-only file, missing columns and non-numeric values."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "garbage.csv").write_bytes(b"\x00\xff\xfe garbage \x00\n\x01\x02")
+    (root / "empty.csv").write_text("")
+    (root / "header_only.csv").write_text(",".join(data.BENCHMARK_COLUMNS) + "\n")
+    (root / "unrelated.csv").write_text("a,b,c\n1,2,3\n")
+    rows = benchmark_rows()[:8]
+    for r in rows:
+        del r["ms_p80"], r["gpu"]
+    write_csv(root / "missing_columns.csv", rows)
+    rows = benchmark_rows()[:16]
+    rows[0]["ms_median"] = "fast"
+    rows[1]["gbps"] = "n/a?"
+    rows[2]["affine"] = "maybe"
+    write_csv(root / "non_numeric.csv", rows)
+    with (root / "ragged.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(data.CORRECTNESS_COLUMNS)
+        w.writerow(["tritonbn", "x", "float32"])
+        w.writerow(
+            ["tritonbn", "x", "float32", "contiguous", "train", "y", "1e-7", "1e-6", "float64", "1e-5"] + ["1"] * 20
+        )
+    return root

@@ -1,0 +1,199 @@
+"""Unit tests of the dashboard's data layer: reading, classifying and validating result CSVs."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import dashboard_fixtures as fixtures
+import pandas as pd
+import pytest
+
+from dashboard import data, ui
+
+
+def _one(tmp_path, name, rows_or_text):
+    path = tmp_path / name
+    if isinstance(rows_or_text, str | bytes):
+        path.write_bytes(rows_or_text.encode() if isinstance(rows_or_text, str) else rows_or_text)
+    else:
+        fixtures.write_csv(path, rows_or_text)
+    return data.load_results(tmp_path)
+
+
+def test_classify_by_columns():
+    assert data.classify(data.BENCHMARK_COLUMNS) == "benchmark"
+    assert data.classify(data.CORRECTNESS_COLUMNS) == "correctness"
+    assert data.classify(["provider", "ms_median", "gbps"]) == "benchmark"
+    assert data.classify(["provider", "quantity", "passed"]) == "correctness"
+    assert data.classify(["a", "b"]) is None
+
+
+def test_good_folder_loads_without_problems(folders):
+    res = data.load_results(folders["good"])
+    assert res.problems == []
+    assert {f.kind for f in res.files} == {"benchmark", "correctness"}
+    assert len(res.files) == 4
+    assert set(res.benchmarks["provider"]) == set(data.BENCHMARK_PROVIDERS)
+    assert set(res.correctness["device"]) == {"cpu-interpreter", fixtures.GPU}
+    # Failed providers are kept (and counted) but flagged: they are results, not file problems.
+    failed = res.benchmarks[~res.benchmarks["ok"]]
+    assert len(failed) > 0 and set(failed["provider"]) == {"inductor"}
+    assert failed["ms_median"].isna().all()
+    assert res.benchmarks["source"].str.endswith(".csv").all()
+
+
+def test_shape_labels():
+    assert data.shape_label(2, 32.0, 64.0, "56x56") == "32×64×56×56"
+    assert data.shape_label(1, 256.0, 1024.0, "") == "256×1024"
+    assert data.shape_label(3, 2, 32, "16x32x32") == "2×32×16×32×32"
+
+
+def test_missing_required_columns_are_named(tmp_path):
+    rows = fixtures.benchmark_rows()[:3]
+    for r in rows:
+        del r["ms_p80"], r["gpu"]
+    res = _one(tmp_path, "bench.csv", rows)
+    assert res.benchmarks.empty
+    assert res.problems == ["bench.csv: benchmark file is missing required column(s): gpu, ms_p80"]
+
+    rows = fixtures.correctness_rows()[:3]
+    for r in rows:
+        del r["tol"]
+    res = data.load_results(fixtures.write_csv(tmp_path / "c" / "corr.csv", rows).parent)
+    assert res.problems == ["corr.csv: correctness file is missing required column(s): tol"]
+
+
+def test_extra_columns_and_optional_ones_are_fine(tmp_path):
+    rows = fixtures.benchmark_rows()[:4]
+    for r in rows:
+        r["my_note"] = "hello"
+        del r["suite"], r["status"], r["error"]
+    res = _one(tmp_path, "b.csv", rows)
+    assert res.problems == []
+    assert len(res.benchmarks) == 4 and res.benchmarks["ok"].all()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "empty file (0 bytes)"),
+        (b"\x00\xff\xfe\x00garbage", "not a readable CSV"),
+        ("a,b,c\n1,2,3\n", "neither a benchmark nor a correctness file"),
+        (",".join(data.CORRECTNESS_COLUMNS) + "\n", "correctness file has a header but no rows"),
+        ("\n\n", "empty file (no header)"),
+    ],
+)
+def test_unreadable_files_give_a_problem_naming_them(tmp_path, content, message):
+    res = _one(tmp_path, "bad.csv", content)
+    assert len(res.problems) == 1
+    assert res.problems[0].startswith("bad.csv: ") and message in res.problems[0]
+    assert res.benchmarks.empty and res.correctness.empty
+    assert res.files[0].path == "bad.csv"
+
+
+def test_non_numeric_values_are_reported_and_ignored(tmp_path):
+    rows = fixtures.benchmark_rows()[:5]
+    rows[0]["ms_median"] = "fast"
+    rows[1]["gbps"] = "??"
+    rows[2]["affine"] = "maybe"
+    rows[3]["mode"] = "training"
+    res = _one(tmp_path, "b.csv", rows)
+    text = "\n".join(res.problems)
+    assert "b.csv: column 'ms_median' has 1 non-numeric value(s) ('fast')" in text
+    assert "column 'gbps' has 1 non-numeric value(s) ('??')" in text
+    assert "column 'affine' has 1 value(s) that are not true/false ('maybe')" in text
+    assert "column 'mode' has unexpected value(s) 'training'" in text
+    assert len(res.benchmarks) == 5
+    assert not res.benchmarks["ok"].iloc[0]  # no timing: not plotted
+    assert math.isclose(res.benchmarks["gbps"].iloc[1], rows[1]["bytes"] / (rows[1]["ms_median"] * 1e6))
+
+
+def test_ragged_lines(tmp_path):
+    header = ",".join(data.CORRECTNESS_COLUMNS)
+    good = fixtures.correctness_rows()[0]
+    line = ",".join(str(good[c]) for c in data.CORRECTNESS_COLUMNS)
+    res = _one(tmp_path, "c.csv", f"{header}\n{line}\n{line},1,2,3\ntritonbn,x\n")
+    text = "\n".join(res.problems)
+    assert "1 line(s) with more fields than the header skipped" in text
+    assert "1 line(s) with fewer fields than the header" in text
+    assert len(res.correctness) == 2
+
+
+def test_missing_folder(tmp_path):
+    res = data.load_results(tmp_path / "nope")
+    assert res.files == [] and res.benchmarks.empty and res.correctness.empty
+    assert res.problems == [f"results folder {tmp_path / 'nope'} does not exist"]
+    assert data.signature(tmp_path / "nope") == ()
+
+
+def test_signature_follows_files(tmp_path):
+    fixtures.write_csv(tmp_path / "a" / "x.csv", fixtures.correctness_rows()[:2])
+    sig = data.signature(tmp_path)
+    assert [s[0] for s in sig] == ["a/x.csv"]
+    st = (tmp_path / "a" / "x.csv").stat()
+    os.utime(tmp_path / "a" / "x.csv", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert data.signature(tmp_path) != sig
+
+
+def _frame(rows):
+    df = pd.DataFrame(rows)
+    for c in data.BENCHMARK_COLUMNS:
+        if c not in df:
+            df[c] = ""
+    df["source"] = "r.csv"
+    df["ok"] = True
+    df["shape"] = df["N"].astype(str)
+    return df
+
+
+def test_speedups_and_headline_geomean():
+    base = {"gpu": "G", "dim": 2, "C": 8, "spatial": "4x4", "dtype": "float16", "layout": "contiguous"}
+    base |= {"affine": True, "timestamp": "t", "pct_of_peak": 50.0, "numel": 1}
+    rows = []
+    for n, (ours, cudnn) in zip((1, 2, 3), ((1.0, 2.0), (1.0, 0.5), (1.0, 8.0)), strict=True):
+        for mode, pas in (("train", "fwd_bwd"), ("eval", "fwd")):
+            rows.append({**base, "N": n, "mode": mode, "pass": pas, "provider": "tritonbn", "ms_median": ours})
+            rows.append({**base, "N": n, "mode": mode, "pass": pas, "provider": "cudnn", "ms_median": cudnn})
+    df = _frame(rows)
+    sp = data.speedups(df)
+    assert sorted(sp.loc[sp["mode"] == "train", "speedup"]) == [0.5, 2.0, 8.0]
+    head = data.headline(df)
+    assert list(head["mode"]) == ["eval", "train"]
+    assert head["geomean"].tolist() == pytest.approx([2.0, 2.0])  # (2 · 0.5 · 8)^(1/3)
+    assert head["best_x"].tolist() == [8.0, 8.0] and head["worst_x"].tolist() == [0.5, 0.5]
+    assert head["best"].iloc[0].startswith("3") and head["worst"].iloc[0].startswith("2")
+
+
+def test_latest_keeps_the_newest_measurement():
+    base = {"gpu": "G", "dim": 2, "N": 1, "C": 8, "spatial": "4x4", "dtype": "float16", "layout": "contiguous"}
+    base |= {"affine": True, "mode": "eval", "pass": "fwd", "provider": "tritonbn"}
+    df = _frame(
+        [{**base, "timestamp": "2025-01-02", "ms_median": 2.0}, {**base, "timestamp": "2025-01-09", "ms_median": 1.0}]
+    )
+    assert data.latest(df)["ms_median"].tolist() == [1.0]
+
+
+def test_pass_rates_and_run_comparisons(folders):
+    res = data.load_results(folders["good"])
+    rates = data.pass_rates(res.correctness, by=("device", "provider"))
+    ours = rates[(rates["device"] == "cpu-interpreter") & (rates["provider"] == "tritonbn")].iloc[0]
+    assert ours["failed"] == 1 and ours["rate"] == pytest.approx(1 - 1 / ours["checks"])
+    a, b = sorted(res.benchmarks["source"].unique())
+    cmp = data.compare_benchmark_runs(res.benchmarks, a, b)
+    assert len(cmp) > 0 and cmp["ratio"].between(0.85, 0.95).all()  # run B is 1.1× faster everywhere
+    a, b = sorted(res.correctness["source"].unique())
+    cmpc = data.compare_correctness_runs(res.correctness, a, b)
+    assert cmpc["changed"].sum() == 1
+    prov = data.provenance(res.benchmarks)
+    assert list(prov["git_sha"]) == ["abc1234", "def5678"]
+
+
+def test_default_results_dir_precedence(tmp_path):
+    env = {"TRITONBN_RESULTS": "from-env"}
+    assert ui.default_results_dir(["--results", "from-cli"], env) == "from-cli"
+    assert ui.default_results_dir(["--server.port", "1", "--results=cli2"], env) == "cli2"
+    assert ui.default_results_dir([], env) == "from-env"
+    assert ui.default_results_dir(["-q", "tests"], {}) == str(ui.DEFAULT_RESULTS)
+    assert ui.DEFAULT_RESULTS == ui.REPO_ROOT / "bench_results"
+    assert ui.resolve(str(tmp_path)) == tmp_path
