@@ -23,6 +23,9 @@ def test_tolerance_conditioning_floor():
     assert tolerance("fp32", "y", cond=1e4) == pytest.approx(4 * 2**-24 * 1e4)
     assert tolerance("fp32", "running_mean", cond=1e4) == TOL[("fp32", "running_mean")]
     assert tolerance("fp16", "y", cond=1e6) == TOL[("fp16", "y")]
+    assert tolerance("fp32", "dbias", reduction=1024) == TOL[("fp32", "dbias")]
+    assert tolerance("fp32", "dbias", reduction=4 * 1024) == pytest.approx(2 * TOL[("fp32", "dbias")])
+    assert tolerance("fp32", "y", reduction=1 << 20) == TOL[("fp32", "y")]
     assert condition_number(torch.tensor([1e4, 0.0]), torch.tensor([1.0, 1.0]), 0.0) == pytest.approx(1e4)
 
 

@@ -88,10 +88,11 @@ def verify(
     if y.dtype != t.x.dtype:
         return f"mismatch: y is {y.dtype}, input {t.x.dtype}"
     name = dtype_name(cfg.dtype)
+    reduction = cfg.shape.numel // cfg.shape.C
     bad = []
     for q, r in ref.items():
         _, rel = errors(got[q], r)
-        tol = tolerance(name, q, cond)
+        tol = tolerance(name, q, cond, reduction)
         if not rel <= tol:
             bad.append(f"{q} rel err {rel:.3g} > {tol:.3g}")
     return f"mismatch: {'; '.join(bad)}" if bad else None
