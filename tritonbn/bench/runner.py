@@ -4,6 +4,7 @@ time its passes, and produce one row per (configuration, provider, pass) with th
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -222,7 +223,8 @@ def gpu_timer(warmup: int, rep: int) -> Timer:
             try:
                 return bench_cudagraph(make_fn, rep), "cudagraph"
             except Exception:  # noqa: BLE001 - e.g. a host synchronisation inside the captured region
-                torch.cuda.synchronize()
+                with contextlib.suppress(RuntimeError):
+                    torch.cuda.synchronize()
         return bench_do_bench(make_fn, warmup, rep), "do_bench"
 
     return timer

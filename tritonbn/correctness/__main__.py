@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Correctness sweep of tritonbn and torch batch norm against a float64 reference. "
         "On a CPU set TRITON_INTERPRET=1 to run tritonbn's kernels in Triton's interpreter.",
     )
-    p.add_argument("--quick", action="store_true", help="tiny shapes only (minutes on a CPU under the interpreter)")
+    p.add_argument(
+        "--quick", action="store_true", help="tiny shapes only (well under a minute on a CPU under the interpreter)"
+    )
     p.add_argument("--dtype", nargs="+", choices=list(DTYPES), default=list(DTYPES), help="default: all")
     p.add_argument("--layout", nargs="+", choices=list(LAYOUTS), default=list(LAYOUTS), help="default: both")
     p.add_argument("--provider", nargs="+", choices=["tritonbn", "torch"], default=["tritonbn", "torch"])
