@@ -128,6 +128,20 @@ def test_wrong_provider_is_not_timed(monkeypatch):
     assert rows[0]["status"].startswith("mismatch: y rel err") and rows[0]["ms_median"] is None
 
 
+def test_setup_failure_is_recorded(monkeypatch):
+    import tritonbn.bench.runner as runner
+
+    def oom(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(runner, "make_tensors", oom)
+    cfg = BenchConfig("t", Shape(8, 2, (3,)), torch.float16, "contiguous", "train", True)
+    rows = run_config(cfg, ["native", "tritonbn"], ["fwd", "bwd"], torch.device("cpu"), _fake_timer, 1.0, 0)
+    assert len(rows) == 4
+    assert all(r["status"] == "error: reference: RuntimeError: out of memory" for r in rows)
+    assert rows[0]["bytes"] == 2 * 48 * 2 + 8 * 2 * 4
+
+
 def test_classify_backend():
     assert classify_backend("cudnn", ["aten::cudnn_batch_norm", "aten::cudnn_batch_norm_backward"]) == "cudnn"
     assert classify_backend("native", ["aten::native_batch_norm", "void at::native::elementwise"]) == "native"

@@ -133,6 +133,10 @@ def _pass_fn(
     raise ValueError(f"unknown pass {pass_!r}")
 
 
+class _Skip(Exception):
+    """The configuration could not be set up: its rows carry the setup error."""
+
+
 def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}".replace("\n", " ")[:200]
 
@@ -148,10 +152,14 @@ def run_config(
 ) -> list[dict[str, object]]:
     """Rows (provenance excluded) of one configuration: every provider × pass, verified before timing."""
     shape = cfg.shape
-    base_tensors = make_tensors(shape.dims, cfg.dtype, cfg.layout, cfg.affine, device)
-    ref, cond = _reference(cfg, base_tensors)
-    elt = base_tensors.x.element_size()
-    param_elt = base_tensors.running_mean.element_size()
+    setup_error = None
+    try:
+        base_tensors = make_tensors(shape.dims, cfg.dtype, cfg.layout, cfg.affine, device)
+        ref, cond = _reference(cfg, base_tensors)
+    except Exception as e:  # noqa: BLE001 - e.g. out of memory for the float64 reference: recorded
+        setup_error = f"error: reference: {_short(e)}"
+    elt = torch.empty((), dtype=cfg.dtype).element_size()
+    param_elt = 4 if cfg.dtype in (torch.float16, torch.bfloat16) else elt
     common = {
         "mode": cfg.mode,
         "dim": shape.dim,
@@ -167,13 +175,17 @@ def run_config(
     }
     rows = []
     for provider in providers:
-        t = base_tensors.fresh()
-        backend, status = "", "ok"
+        backend, status, t, f = "", setup_error or "ok", None, None
         try:
+            if setup_error:
+                raise _Skip
+            t = base_tensors.fresh()
             f = make_forward(provider, t, cfg.training)
             f(t.x)  # compiles (inductor), autotunes/JITs (Triton): never inside a timing
             status = verify(cfg, f, t, ref, cond) or "ok"
             backend = detect_backend(provider, _pass_fn("fwd_bwd", cfg, f, t)(), device)
+        except _Skip:
+            pass
         except Exception as e:  # noqa: BLE001 - recorded, the provider is not timed
             status = f"error: {_short(e)}"
             f = None
