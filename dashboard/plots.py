@@ -7,6 +7,7 @@ import math
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 PROVIDER_COLORS = {
     "tritonbn": "#d62728",
@@ -18,23 +19,35 @@ PROVIDER_COLORS = {
 PROVIDER_ORDER = ["tritonbn", "cudnn", "native", "inductor", "torch"]
 HEADLINE_COLORS = {"train fwd+bwd": "#d62728", "eval fwd": "#ff9896"}
 PASS_LABEL = {"fwd": "fwd", "bwd": "bwd", "fwd_bwd": "fwd+bwd"}
+LAYOUT_LABEL = {"contiguous": "contiguous", "channels_last": "channels_last", "channels_last_3d": "channels_last_3d"}
 FONT = {"size": 13}
 
 # Hover provenance: every point says which run measured it.
 _PROVENANCE_HOVER = ["gpu", "git_sha", "torch", "triton", "cuda", "cudnn", "timestamp", "source"]
 
 
-def _style(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
+def _style(fig: go.Figure, title: str, height: int = 420, legend: str = "top") -> go.Figure:
+    """House style: left-aligned title, white template; the legend on top (few entries) or on the right."""
+    if legend == "right":
+        leg = {"orientation": "v", "yanchor": "top", "y": 1.0, "xanchor": "left", "x": 1.01, "title": None}
+    else:
+        leg = {"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "right", "x": 1, "title": None}
     fig.update_layout(
         title={"text": title, "x": 0.0, "xanchor": "left", "font": {"size": 16}},
         template="plotly_white",
         font=FONT,
         height=height,
-        margin={"l": 60, "r": 20, "t": 70, "b": 55},
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "right", "x": 1, "title": None},
+        margin={"l": 60, "r": 20, "t": 80, "b": 55},
+        legend=leg,
         hoverlabel={"font_size": 12},
     )
     return fig
+
+
+def display_name(provider: str) -> str:
+    return {"cudnn": "cuDNN", "native": "native (PyTorch CUDA)", "inductor": "inductor (torch.compile)"}.get(
+        provider, provider
+    )
 
 
 def _strip_facet_titles(fig: go.Figure) -> None:
@@ -66,7 +79,7 @@ def _speedup_axis(values) -> dict:
 
 def headline_bars(headline: pd.DataFrame, provider: str = "tritonbn", baseline: str = "cudnn") -> go.Figure:
     """Geomean speed-up per dtype for the two headline settings, the whiskers spanning worst to best shape."""
-    title = f"{provider} speed-up vs {baseline} (geomean over shapes; whiskers: worst … best shape)"
+    title = f"{provider} speed-up vs {display_name(baseline)} (geomean over shapes; whiskers: worst … best shape)"
     if headline.empty:
         return empty_figure("no configuration measured for both providers", title)
     h = headline.copy()
@@ -76,11 +89,14 @@ def headline_bars(headline: pd.DataFrame, provider: str = "tritonbn", baseline: 
     for setting, g in h.groupby("setting", sort=False):
         fig.add_bar(
             x=list(g["dtype"]) if len(gpus) == 1 else [list(g["gpu"]), list(g["dtype"])],
-            y=g["geomean"],
+            y=g["geomean"] - 1,  # bars grow from 1× (the baseline): up when faster, down when slower
+            base=1,
             name=setting,
             marker_color=HEADLINE_COLORS.get(setting),
             text=[f"{v:.2f}×" for v in g["geomean"]],
-            textposition="outside",
+            textposition="inside",
+            insidetextanchor="middle",
+            textfont={"size": 14},
             error_y={
                 "type": "data",
                 "symmetric": False,
@@ -90,13 +106,13 @@ def headline_bars(headline: pd.DataFrame, provider: str = "tritonbn", baseline: 
                 "thickness": 1,
             },
             customdata=g[["shapes", "best", "best_x", "worst", "worst_x", "pct_peak", "gpu"]],
-            hovertemplate="<b>%{customdata[6]}</b> %{x}<br>geomean %{y:.2f}× over %{customdata[0]} shapes"
+            hovertemplate="<b>%{customdata[6]}</b> %{x}<br>geomean %{text} over %{customdata[0]} shapes"
             "<br>best %{customdata[2]:.2f}× (%{customdata[1]})<br>worst %{customdata[4]:.2f}× (%{customdata[3]})"
             "<br>median %{customdata[5]:.0f}% of peak bandwidth<extra>%{fullData.name}</extra>",
         )
-    fig.add_hline(y=1, line_dash="dash", line_color="#555", annotation_text=f"{baseline} = 1×")
+    fig.add_hline(y=1, line_dash="dash", line_color="#555", annotation_text=f"{display_name(baseline)} = 1×")
     all_vals = list(h["geomean"]) + list(h["best_x"]) + list(h["worst_x"])
-    fig.update_yaxes(title=f"speed-up vs {baseline} (×, log)", **_speedup_axis(all_vals))
+    fig.update_yaxes(title=f"speed-up vs {display_name(baseline)} (×, log)", **_speedup_axis(all_vals))
     fig.update_xaxes(title="dtype")
     fig.update_layout(barmode="group", bargap=0.3)
     return _style(fig, title, height=400)
@@ -144,17 +160,19 @@ def bandwidth_vs_numel(df: pd.DataFrame, title: str = "Achieved bandwidth vs pro
             annotation_text=f"copy peak {peak:.0f} GB/s",
             annotation_position="top left",
         )
-    fig.update_yaxes(title="achieved bandwidth (GB/s)", rangemode="tozero", col=1)
-    fig.update_yaxes(rangemode="tozero")
+    fig.update_yaxes(rangemode="tozero", title=None)
+    fig.update_yaxes(title="achieved bandwidth (GB/s)", col=1)
+    fig.for_each_trace(lambda t: t.update(name=t.name.replace(", ", " · ")))
     _strip_facet_titles(fig)
-    return _style(fig, title, height=440)
+    return _style(fig, title, height=460, legend="right")
 
 
 def speedup_by_shape(sp: pd.DataFrame, baseline: str = "cudnn", title: str | None = None) -> go.Figure:
     """Speed-up vs the baseline for every shape (bars per provider), one panel per dtype and layout."""
-    title = title or f"Speed-up vs {baseline} by shape (above 1×: faster than {baseline})"
+    name = display_name(baseline)
+    title = title or f"Speed-up vs {name} by shape (above 1×: faster than {name})"
     if sp.empty:
-        return empty_figure(f"no shape measured for both a provider and {baseline}", title)
+        return empty_figure(f"no shape measured for both a provider and {name}", title)
     d = sp.sort_values(["numel", "shape"]).copy()
     d["x"] = d["shape"]
     hover = {"speedup": ":.2f", "ms_median": ":.4g", "baseline_ms": ":.4g", "gbps": ":.0f", "x": False}
@@ -182,60 +200,65 @@ def speedup_by_shape(sp: pd.DataFrame, baseline: str = "cudnn", title: str | Non
     fig.add_hline(y=1, line_dash="dash", line_color="#555")
     fig.update_yaxes(**_speedup_axis(d["speedup"]))
     fig.update_yaxes(title=None)
-    fig.update_yaxes(title=f"× vs {baseline}", col=1)
+    fig.update_yaxes(title=f"× vs {name}", col=1)
     fig.update_xaxes(tickangle=-30, title=None)
     _strip_facet_titles(fig)
-    return _style(fig, title, height=300 + 180 * len(layouts))
+    return _style(fig, title, height=300 + 180 * len(layouts), legend="right")
 
 
 def speedup_heatmap(sp: pd.DataFrame, provider: str = "tritonbn", baseline: str = "cudnn") -> go.Figure:
-    """Shapes × (dtype, layout, mode, pass) coloured by log speed-up (red: faster than the baseline)."""
-    title = f"{provider} speed-up vs {baseline}: every shape and setting"
+    """Per dtype: (shape, layout) × (mode, pass) coloured by log speed-up (red: faster than the baseline)."""
+    title = f"{provider} speed-up vs {display_name(baseline)}: every shape, layout and setting"
     d = sp[sp["provider"] == provider].copy() if not sp.empty else sp
     if d.empty:
-        return empty_figure(f"no {provider} measurement with a {baseline} counterpart", title)
-    d["setting"] = (
-        (d["dtype"] + " · " + d["layout"].str.replace("channels_last", "NHWC").str.replace("contiguous", "NCHW"))
-        + "<br>"
-        + d["mode"]
-        + " "
-        + d["pass"].map(PASS_LABEL).fillna(d["pass"])
-    )
-    d = d.sort_values(["numel", "shape"])
-    rows = list(dict.fromkeys(d["shape"]))
-    cols = sorted(d["setting"].unique())
-    piv = d.pivot_table(index="shape", columns="setting", values="speedup", aggfunc="median").reindex(
-        index=rows, columns=cols
-    )
-    z = piv.map(lambda v: math.log2(v) if pd.notna(v) and v > 0 else None)
-    text = piv.map(lambda v: f"{v:.2f}×" if pd.notna(v) else "")
-    zmax = max(0.5, float(z.abs().max().max() or 0.5))
-    ticks = [v for v in (0.25, 0.5, 0.67, 1, 1.5, 2, 4) if abs(math.log2(v)) <= zmax]
-    fig = go.Figure(
-        go.Heatmap(
-            z=z.values,
-            x=cols,
-            y=rows,
-            text=text.values,
-            texttemplate="%{text}",
-            textfont={"size": 11},
-            colorscale="RdBu_r",
-            zmid=0,
-            zmin=-zmax,
-            zmax=zmax,
-            colorbar={
+        return empty_figure(f"no {provider} measurement with a {display_name(baseline)} counterpart", title)
+    d["setting"] = d["mode"] + " " + d["pass"].map(PASS_LABEL).fillna(d["pass"])
+    d["row"] = d["shape"] + " · " + d["layout"].map(LAYOUT_LABEL).fillna(d["layout"])
+    d = d.sort_values(["numel", "shape", "layout"])
+    rows = list(dict.fromkeys(d["row"]))
+    order = ["train fwd", "train bwd", "train fwd+bwd", "eval fwd", "eval bwd", "eval fwd+bwd"]
+    cols = [c for c in order if c in set(d["setting"])] + sorted(set(d["setting"]) - set(order))
+    dtypes = sorted(d["dtype"].unique())
+    logs = d["speedup"].where(d["speedup"] > 0).map(math.log2)
+    zmax = max(0.5, float(logs.abs().max()) if logs.notna().any() else 0.5)
+    ticks = [v for v in (0.25, 0.5, 0.67, 0.8, 1, 1.25, 1.5, 2, 4) if abs(math.log2(v)) <= zmax]
+    fig = make_subplots(rows=1, cols=len(dtypes), shared_yaxes=True, subplot_titles=dtypes, horizontal_spacing=0.02)
+    for i, dt in enumerate(dtypes, start=1):
+        piv = d[d["dtype"] == dt].pivot_table(index="row", columns="setting", values="speedup", aggfunc="median")
+        piv = piv.reindex(index=rows, columns=cols)
+        fig.add_trace(
+            go.Heatmap(
+                z=piv.map(lambda v: math.log2(v) if pd.notna(v) and v > 0 else None).values,
+                x=cols,
+                y=rows,
+                text=piv.map(lambda v: f"{v:.2f}×" if pd.notna(v) else "").values,
+                texttemplate="%{text}",
+                textfont={"size": 11},
+                coloraxis="coloraxis",
+                hovertemplate=f"{dt}<br>%{{y}}<br>%{{x}}<br>speed-up %{{text}}<extra></extra>",
+                xgap=1,
+                ygap=1,
+            ),
+            row=1,
+            col=i,
+        )
+    fig.update_layout(
+        coloraxis={
+            "colorscale": "RdBu_r",
+            "cmid": 0,
+            "cmin": -zmax,
+            "cmax": zmax,
+            "colorbar": {
                 "title": {"text": "speed-up"},
                 "tickvals": [math.log2(v) for v in ticks],
                 "ticktext": [f"{v:g}×" for v in ticks],
             },
-            hovertemplate="shape %{y}<br>%{x}<br>speed-up %{text}<extra></extra>",
-            xgap=1,
-            ygap=1,
-        )
+        }
     )
-    fig.update_xaxes(title=None, tickangle=0, side="bottom")
-    fig.update_yaxes(title="shape N×C×spatial", autorange="reversed", type="category")
-    return _style(fig, title, height=160 + 36 * len(rows))
+    fig.update_xaxes(tickangle=-30, title=None)
+    fig.update_yaxes(autorange="reversed", type="category")
+    fig.update_yaxes(title="shape N×C×spatial · layout", col=1)
+    return _style(fig, title, height=200 + 30 * len(rows))
 
 
 def error_by_quantity(df: pd.DataFrame, metric: str = "max_rel_err", show_tol: bool = True) -> go.Figure:
@@ -247,6 +270,7 @@ def error_by_quantity(df: pd.DataFrame, metric: str = "max_rel_err", show_tol: b
     label = {"max_abs_err": "max |error|", "max_rel_err": "max relative error"}.get(metric, metric)
     title = f"{label} vs the float64 reference, per quantity (log scale; ✕: failed"
     title += ", grey dash: tolerance)" if show_tol else ")"
+    title += "<br><sup>an error of exactly 0 is drawn at the bottom of the axis</sup>"
     d = df[df[metric].notna()].copy() if not df.empty else df
     if d.empty:
         return empty_figure("no correctness result with an error value for this selection", title)
@@ -290,7 +314,7 @@ def error_by_quantity(df: pd.DataFrame, metric: str = "max_rel_err", show_tol: b
                 x=t["quantity"],
                 y=t["tol"],
                 mode="markers",
-                marker={"symbol": "line-ew-open", "size": 34, "color": "#666", "line": {"width": 3}},
+                marker={"symbol": "line-ew-open", "size": 24, "color": "#555", "line": {"width": 3}},
                 name="tolerance (base)",
                 legendgroup="tolerance",
                 showlegend=i == 1,
@@ -318,7 +342,7 @@ def error_by_quantity(df: pd.DataFrame, metric: str = "max_rel_err", show_tol: b
     fig.update_yaxes(title=f"{label} (log)", col=1)
     fig.update_xaxes(title=None, tickangle=-30)
     _strip_facet_titles(fig)
-    return _style(fig, title, height=460)
+    return _style(fig, title, height=480, legend="right")
 
 
 def run_comparison(cmp: pd.DataFrame, label_a: str, label_b: str) -> go.Figure:

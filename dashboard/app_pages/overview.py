@@ -34,24 +34,22 @@ else:
             st.info("No headline configuration measured for both tritonbn and cuDNN on this GPU.")
             continue
         dtypes = sorted(h["dtype"].unique())
-        cols = st.columns(len(dtypes))
-        for col, dt in zip(cols, dtypes, strict=True):
-            with col:
-                st.markdown(f"**{dt}**")
-                for mode, pas in data.HEADLINES:
-                    r = h[(h["dtype"] == dt) & (h["mode"] == mode) & (h["pass"] == pas)]
-                    label = f"{mode} {plots.PASS_LABEL[pas]}"
-                    if r.empty:
-                        st.metric(label, "–")
-                        continue
-                    r = r.iloc[0]
-                    st.metric(
-                        label,
-                        ui.speedup_text(r["geomean"]),
-                        help=f"geomean over {r['shapes']} shapes; best {r['best_x']:.2f}× ({r['best']}), "
-                        f"worst {r['worst_x']:.2f}× ({r['worst']}); tritonbn reaches a median "
-                        f"{r['pct_peak']:.0f}% of the copy bandwidth",
-                    )
+        for outer, dt in zip(st.columns(len(dtypes)), dtypes, strict=True):
+            outer.markdown(f"**{dt}**")
+            for col, (mode, pas) in zip(outer.columns(len(data.HEADLINES)), data.HEADLINES, strict=True):
+                r = h[(h["dtype"] == dt) & (h["mode"] == mode) & (h["pass"] == pas)]
+                label = f"{mode} {plots.PASS_LABEL[pas]}"
+                if r.empty:
+                    col.metric(label, "–")
+                    continue
+                r = r.iloc[0]
+                col.metric(
+                    label,
+                    ui.speedup_text(r["geomean"]),
+                    help=f"{dt}: tritonbn vs cuDNN, geomean over {r['shapes']} shapes; best {r['best_x']:.2f}× "
+                    f"({r['best']}), worst {r['worst_x']:.2f}× ({r['worst']}); tritonbn reaches a median "
+                    f"{r['pct_peak']:.0f}% of the copy bandwidth",
+                )
         st.plotly_chart(plots.headline_bars(h), key=f"headline-{gpu}")
         table = h.assign(
             setting=h["mode"] + " " + h["pass"].map(plots.PASS_LABEL),
@@ -67,7 +65,7 @@ else:
                 "geomean": "speed-up (geomean)",
                 "best": "best shape",
                 "worst": "worst shape",
-                "pct_peak": st.column_config.TextColumn("tritonbn % of peak GB/s", help="median over shapes"),
+                "pct_peak": st.column_config.TextColumn("% of peak GB/s", help="tritonbn, median over shapes"),
             },
         )
     failed = int((~bench["ok"].astype(bool)).sum())

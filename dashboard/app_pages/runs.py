@@ -54,8 +54,11 @@ if kind == "benchmark":
     if cmp.empty:
         st.info("The two runs have no measurement in common.")
         st.stop()
-    cols = st.columns(max(1, cmp["provider"].nunique()))
-    for col, (provider, g) in zip(cols, cmp.groupby("provider"), strict=False):
+    providers = [p for p in plots.PROVIDER_ORDER if p in set(cmp["provider"])]
+    providers += sorted(set(cmp["provider"]) - set(providers))
+    cols = st.columns(max(1, len(providers)))
+    for col, provider in zip(cols, providers, strict=False):
+        g = cmp[cmp["provider"] == provider]
         col.metric(
             f"{provider}: time B / time A",
             ui.speedup_text(data.geomean(g["ratio"])),

@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+import dashboard_fixtures as fixtures  # also puts the repository root (the `dashboard` package) on sys.path
 import pytest
+from dashboard_fixtures import APP
 from streamlit.testing.v1 import AppTest
-
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # the `dashboard` package lives at the repository root, next to `tritonbn`
-    sys.path.insert(0, str(REPO))
-
-import dashboard_fixtures as fixtures  # noqa: E402
-
-APP = REPO / "dashboard" / "streamlit_app.py"
-PAGES = ["overview", "throughput", "correctness", "gradients", "runs"]
-TITLES = {
-    "overview": "tritonbn overview",
-    "throughput": "Throughput",
-    "correctness": "Correctness",
-    "gradients": "Batch-norm gradients, explained",
-    "runs": "Runs",
-}
 
 
 @pytest.fixture(scope="session")
@@ -52,8 +37,3 @@ def open_page(monkeypatch):
         return at
 
     return _open
-
-
-def texts(elements) -> str:
-    """All values of a list of AppTest elements, joined (for substring assertions)."""
-    return "\n".join(str(e.value) for e in elements)

@@ -7,13 +7,27 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 import zlib
 from pathlib import Path
 
 import pandas as pd
 
-from dashboard import data
+REPO = Path(__file__).resolve().parents[2]
+APP = REPO / "dashboard" / "streamlit_app.py"
+if str(REPO) not in sys.path:  # the `dashboard` package lives at the repository root, next to `tritonbn`
+    sys.path.insert(0, str(REPO))
 
+from dashboard import data  # noqa: E402
+
+PAGES = ["overview", "throughput", "correctness", "gradients", "runs"]
+TITLES = {
+    "overview": "tritonbn overview",
+    "throughput": "Throughput",
+    "correctness": "Correctness",
+    "gradients": "Batch-norm gradients, explained",
+    "runs": "Runs",
+}
 GPU = "NVIDIA H100 80GB HBM3"
 PROV = {
     "timestamp": "2025-01-02T03:04:05Z",
@@ -166,3 +180,8 @@ def write_malformed(root: Path) -> Path:
             ["tritonbn", "x", "float32", "contiguous", "train", "y", "1e-7", "1e-6", "float64", "1e-5"] + ["1"] * 20
         )
     return root
+
+
+def texts(elements) -> str:
+    """All values of a list of AppTest elements, joined (for substring assertions)."""
+    return "\n".join(str(e.value) for e in elements)

@@ -1,0 +1,169 @@
+"""Every dashboard page under Streamlit's AppTest, on empty, missing, malformed and good result folders."""
+
+from __future__ import annotations
+
+import dashboard_fixtures as fixtures
+import pytest
+from dashboard_fixtures import PAGES, TITLES, texts
+
+NON_GRADIENT_PAGES = [p for p in PAGES if p != "gradients"]
+
+
+@pytest.mark.parametrize("folder", ["empty", "missing", "malformed", "good", "correctness_only"])
+@pytest.mark.parametrize("page", NON_GRADIENT_PAGES)
+def test_page_renders_without_exception(open_page, folders, page, folder):
+    at = open_page(page, folders[folder])
+    assert [t.value for t in at.title] == [TITLES[page]]
+    # The sidebar shows the folder being read.
+    assert str(folders[folder].name) in texts(at.sidebar.caption)
+
+
+@pytest.mark.parametrize("page", ["overview", "throughput"])
+def test_no_gpu_results_is_said_plainly(open_page, folders, page):
+    for folder in ("empty", "correctness_only"):
+        at = open_page(page, folders[folder])
+        info = texts(at.info)
+        assert "No GPU benchmark results yet" in info and "tritonbn-bench" in info and "CUDA machine" in info
+
+
+def test_empty_folder_messages(open_page, folders):
+    at = open_page("overview", folders["empty"])
+    assert "No result files" in texts(at.info)
+    assert "No correctness results yet" in texts(at.info)
+    assert not at.error
+    at = open_page("correctness", folders["empty"])
+    assert "No correctness results yet" in texts(at.info) and "tritonbn-check" in texts(at.info)
+
+
+def test_missing_folder_is_an_error(open_page, folders):
+    for page in NON_GRADIENT_PAGES:
+        at = open_page(page, folders["missing"])
+        assert "does not exist" in texts(at.error)
+
+
+def test_malformed_files_are_listed(open_page, folders):
+    at = open_page("overview", folders["malformed"])
+    err = texts(at.error)
+    assert "problem(s) reading the result files" in err
+    assert "empty.csv: empty file" in err and "garbage.csv: not a readable CSV" in err
+    at = open_page("runs", folders["malformed"])
+    md = texts(at.markdown)
+    assert "missing_columns.csv: benchmark file is missing required column(s): gpu, ms_p80" in md
+    assert "non_numeric.csv: column 'ms_median' has 1 non-numeric value(s) ('fast')" in md
+    assert "unrelated.csv: neither a benchmark nor a correctness file" in md
+    files = at.dataframe[0].value
+    assert set(files["file"]) == {p.name for p in folders["malformed"].glob("*.csv")}
+    # The readable rows of a partly bad file are still used.
+    at = open_page("throughput", folders["malformed"])
+    assert at.get("plotly_chart")
+
+
+def test_overview_headline(open_page, folders):
+    at = open_page("overview", folders["good"])
+    assert [h.value for h in at.header] == ["Performance vs cuDNN", "Correctness", "Provenance"]
+    assert fixtures.GPU in [s.value for s in at.subheader]
+    labels = [m.label for m in at.metric]
+    headline = [m for m in at.metric if m.label.endswith(("train fwd+bwd", "eval fwd"))]
+    assert len(headline) == 6  # per dtype: train fwd+bwd and eval fwd
+    assert all(m.value.endswith("×") for m in headline)
+    assert "tritonbn pass rate · cpu-interpreter" in labels
+    assert len(at.get("plotly_chart")) == 1
+    assert "tritonbn: 1 of" in texts(at.error) and "correctness checks failed" in texts(at.error)
+    assert "inductor 8" in texts(at.warning)  # measurements without a timing are counted
+    prov = at.dataframe[-1].value
+    assert {"abc1234", "def5678"} <= set(prov["git_sha"])
+
+
+def test_throughput_filters_and_toggles(open_page, folders):
+    at = open_page("throughput", folders["good"])
+    assert len(at.get("plotly_chart")) == 3  # bandwidth, speed-up by shape, heat map
+    pas = next(s for s in at.selectbox if s.label == "pass")
+    assert pas.value == "fwd_bwd"
+    pas.set_value("bwd").run()
+    assert not at.exception
+    mode = next(s for s in at.selectbox if s.label == "mode")
+    mode.set_value("eval").run()
+    assert not at.exception and next(s for s in at.selectbox if s.label == "pass").value == "fwd"
+    run = next(s for s in at.selectbox if s.label == "Run")
+    run.set_value(run.options[1]).run()
+    assert not at.exception and len(at.get("plotly_chart")) == 3
+    dtype = next(m for m in at.multiselect if m.label == "dtype")
+    dtype.set_value(["float16"]).run()
+    assert not at.exception
+    layout = next(m for m in at.multiselect if m.label == "layout")
+    layout.set_value([]).run()
+    assert not at.exception  # empty selection: empty figures, no traceback
+
+
+def test_correctness_failures_stand_out(open_page, folders):
+    at = open_page("correctness", folders["good"])
+    device = next(s for s in at.selectbox if s.label == "device")
+    device.set_value("cpu-interpreter").run()
+    assert not at.exception
+    assert "tritonbn: 1 of" in texts(at.error) and "FAILED" in texts(at.error)
+    failed = at.dataframe[0].value
+    assert list(failed["quantity"]) == ["ddx"] and list(failed["provider"]) == ["tritonbn"]
+    assert len(at.get("plotly_chart")) == 1
+    at.radio[0].set_value("max_abs_err").run()
+    assert not at.exception
+    layout = next(m for m in at.multiselect if m.label == "layout")
+    layout.set_value(["contiguous"]).run()
+    assert not at.exception and "all" in texts(at.success)
+    device = next(s for s in at.selectbox if s.label == "device")
+    device.set_value(fixtures.GPU).run()
+    assert not at.exception and not at.error
+
+
+def test_runs_compare(open_page, folders):
+    at = open_page("runs", folders["good"])
+    assert len(at.dataframe[0].value) == 4
+    assert len(at.get("plotly_chart")) == 1
+    assert any(m.label.startswith("tritonbn: time B / time A") and m.value == "0.91×" for m in at.metric)
+    at.radio[0].set_value("correctness").run()
+    assert not at.exception
+    assert "1 of" in texts(at.error) and "changed result" in texts(at.error)
+
+
+def test_results_folder_from_the_sidebar(open_page, folders):
+    at = open_page("overview", folders["empty"])
+    at.sidebar.text_input[0].set_value(str(folders["good"])).run()
+    assert not at.exception
+    assert len(at.get("plotly_chart")) == 1
+
+
+def test_gradients_page(open_page, folders):
+    at = open_page("gradients", folders["empty"], timeout=120)
+    assert [h.value for h in at.header] == [
+        "The formulas",
+        "Live example",
+        "Full vs detached statistics",
+        "Frozen γ",
+        "Double backward",
+    ]
+    assert len(at.latex) >= 5
+    where = texts(at.success) + texts(at.info)
+    assert "tritonbn runs here on" in where
+    live = at.dataframe[0].value
+    assert live["method"].iloc[0] == "closed formulas (float64)"
+    assert any(m.startswith("torch autograd") for m in live["method"])
+    assert any(m.startswith("tritonbn") for m in live["method"])
+    assert (live[["max |Δ dx|", "max |Δ dγ|", "max |Δ dβ|"]] < 1e-10).all().all()  # float64 by default
+    fvd = at.dataframe[1].value
+    assert fvd["max |Σ dx| per channel"].iloc[0] < 1e-10 < fvd["max |Σ dx| per channel"].iloc[1]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["weight.grad (frozen γ)"] == "None"
+    assert metrics["Σ dy·x̂ — what dγ would be"] == "2.0000"
+    assert metrics["Σ dy·y — the wrong formula"] == "6.0000"
+    dbl = at.dataframe[2].value
+    assert len(dbl) == 3 and (dbl["max |Δ ∂penalty/∂x|"] < 1e-10).all()
+
+    at.checkbox[0].check().run(timeout=120)  # detached statistics
+    assert not at.exception
+    detached = at.dataframe[0].value
+    assert (detached[["max |Δ dx|", "max |Δ dγ|", "max |Δ dβ|"]] < 1e-10).all().all()
+    at.radio[0].set_value("eval").run(timeout=120)
+    assert not at.exception
+    assert "Switch the mode to *train*" in texts(at.info)
+    at.radio[1].set_value("float32").run(timeout=120)
+    assert not at.exception
+    assert (at.dataframe[0].value["max |Δ dx|"] < 1e-4).all()
