@@ -1,5 +1,6 @@
 """tritonbn: batch normalization in Triton, drop-in for torch.nn, with gradients right at every order."""
 
+from tritonbn.distributed import SyncBatchNorm
 from tritonbn.functional import batch_norm, batch_norm_backward
 from tritonbn.modules import (
     BatchNorm1d,
@@ -17,6 +18,7 @@ __all__ = [
     "BatchNorm2d",
     "BatchNorm3d",
     "FrozenBatchNorm2d",
+    "SyncBatchNorm",
     "batch_norm",
     "batch_norm_backward",
     "convert_model",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tritonbn.distributed import SyncBatchNorm
 from tritonbn.functional import batch_norm
 
 __all__ = [
@@ -101,7 +102,12 @@ class FrozenBatchNorm2d(nn.Module):
         return f"{self.__class__.__name__}({self.weight.shape[0]}, eps={self.eps})"
 
 
-_TO_TRITON = {nn.BatchNorm1d: BatchNorm1d, nn.BatchNorm2d: BatchNorm2d, nn.BatchNorm3d: BatchNorm3d}
+_TO_TRITON = {
+    nn.BatchNorm1d: BatchNorm1d,
+    nn.BatchNorm2d: BatchNorm2d,
+    nn.BatchNorm3d: BatchNorm3d,
+    nn.SyncBatchNorm: SyncBatchNorm,
+}
 _TO_TORCH = {ours: theirs for theirs, ours in _TO_TRITON.items()}
 
 
@@ -117,11 +123,12 @@ def _retype(module: nn.Module, cls: type) -> nn.Module:
 
 
 def convert_model(module: nn.Module, *, detach_stats: bool = False) -> nn.Module:
-    """Replace every ``torch.nn.BatchNorm1d/2d/3d`` in ``module`` (exact type) by tritonbn's.
+    """Replace every ``torch.nn.BatchNorm1d/2d/3d`` and ``torch.nn.SyncBatchNorm`` in ``module`` (exact
+    types, not subclasses) by tritonbn's.
 
-    Parameters and buffers are shared, train/eval state, device, dtype and hooks preserved. Children are
-    replaced in place; the (possibly new) root is returned, so call it as
-    ``model = tritonbn.convert_model(model)``. ``SyncBatchNorm`` and subclasses are left alone.
+    Parameters and buffers are shared, train/eval state, device, dtype, hooks and a SyncBatchNorm's
+    ``process_group`` preserved. Children are replaced in place; the (possibly new) root is returned, so
+    call it as ``model = tritonbn.convert_model(model)``.
     """
     if type(module) in _TO_TRITON:
         converted = _retype(module, _TO_TRITON[type(module)])
@@ -135,7 +142,7 @@ def convert_model(module: nn.Module, *, detach_stats: bool = False) -> nn.Module
 
 
 def revert_model(module: nn.Module) -> nn.Module:
-    """Undo :func:`convert_model`: every tritonbn BatchNorm becomes the matching ``torch.nn`` class again."""
+    """Undo :func:`convert_model`: every tritonbn (Sync)BatchNorm becomes the matching ``torch.nn`` class again."""
     if type(module) in _TO_TORCH:
         reverted = _retype(module, _TO_TORCH[type(module)])
         reverted.__dict__.pop("detach_stats", None)

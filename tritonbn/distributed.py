@@ -1,0 +1,242 @@
+"""``tritonbn.SyncBatchNorm``: batch statistics over every rank of a process group, on the Triton kernels.
+
+Drop-in for :class:`torch.nn.SyncBatchNorm` (a subclass: same constructor, ``process_group``, parameters,
+buffers, state_dict, ``repr``, errors and ``convert_sync_batchnorm``). In training, with
+``torch.distributed`` initialised and more than one rank in the group:
+
+* forward: each rank reduces its own batch with the Triton statistics kernels to a per-channel
+  (count, mean, M2); one ``all_gather`` exchanges these packed (1 + 2C) vectors and
+  :func:`tritonbn.launch.merge_stats` merges them with Chan's parallel formula -- the same merge that
+  combines the per-block partials of one GPU -- so ranks may hold different batch sizes, or none;
+* backward: each rank reduces Σdy and Σdy·(x - mean) with one Triton pass, one ``all_reduce`` sums
+  them over the group, and one Triton pass writes dx with the global element count. ``weight``/``bias``
+  gradients are the local sums, as in torch: DistributedDataParallel averages them over the ranks.
+
+Otherwise (eval mode, no process group, or a group of one) it is :func:`tritonbn.batch_norm`, as torch's
+SyncBatchNorm is F.batch_norm there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.autograd import Function
+from torch.autograd.function import once_differentiable
+
+from tritonbn import launch
+from tritonbn.autograd import _update_running_stats
+from tritonbn.functional import _check_inputs, batch_norm, uses_triton
+
+__all__ = ["SyncBatchNorm", "SyncBatchNormFunction"]
+
+_custom_fwd = torch.amp.custom_fwd(device_type="cuda")
+_custom_bwd = torch.amp.custom_bwd(device_type="cuda")
+
+
+def _all_gather(t: torch.Tensor, group, world_size: int) -> torch.Tensor:
+    """(world_size, numel) stack of ``t`` from every rank of ``group``."""
+    if dist.get_backend(group) == dist.Backend.GLOO:  # gloo has no all_gather_into_tensor
+        parts = [torch.empty_like(t) for _ in range(world_size)]
+        dist.all_gather(parts, t, group=group)
+        return torch.stack(parts)
+    out = torch.empty((world_size, t.numel()), dtype=t.dtype, device=t.device)
+    dist.all_gather_into_tensor(out, t, group=group)
+    return out
+
+
+class SyncBatchNormFunction(Function):
+    """Batch norm whose statistics and input gradient are reduced over ``process_group``; first order only."""
+
+    @staticmethod
+    @_custom_fwd
+    def forward(
+        ctx, x, weight, bias, running_mean, running_var, eps, momentum, process_group, world_size, detach_stats
+    ):
+        acc = launch.acc_dtype(x.dtype)
+        C = x.shape[1]
+        count = x.numel() // C
+        # Local (count, mean, M2), packed in float64 so that counts stay exact beyond 2**24. An empty rank
+        # sends zeros: it must take part in the collective, and its zero count removes it from the merge.
+        packed = torch.zeros(1 + 2 * C, dtype=torch.float64, device=x.device)
+        if count > 0:
+            mean, var, _ = launch.batch_stats(x, eps)
+            packed[0] = count
+            packed[1 : 1 + C] = mean
+            packed[1 + C :] = var.to(torch.float64) * count
+        gathered = _all_gather(packed, process_group, world_size)
+        counts = [int(n) for n in gathered[:, 0].tolist()]  # the one host sync, as in torch's SyncBatchNorm
+        total = sum(counts)
+        # Merge the non-empty ranks, the largest first: Chan's formula shifts by the first partial's mean.
+        ranks = sorted((r for r in range(world_size) if counts[r] > 0), key=lambda r: -counts[r])
+        if ranks:
+            rows = gathered[torch.tensor(ranks, device=x.device)]
+            mean, var, invstd = launch.merge_stats(
+                rows[:, 1 : 1 + C].to(acc), rows[:, 1 + C :].to(acc), rows[:, 0], total, eps
+            )
+            _update_running_stats(running_mean, running_var, mean, var, total, momentum)
+        else:
+            # Every rank is empty: nothing to normalise and nothing observed, so the running statistics stay
+            # as they are (as a single-process BatchNorm leaves them for an empty batch).
+            mean = torch.zeros(C, dtype=acc, device=x.device)
+            invstd = torch.ones(C, dtype=acc, device=x.device)
+        scale = invstd * weight.detach().to(acc) if weight is not None else invstd
+        y = launch.channel_affine(x, x, mean, scale, g=bias)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        ctx.total = total
+        ctx.process_group = process_group
+        ctx.stats_grad = not detach_stats
+        return y
+
+    @staticmethod
+    @_custom_bwd
+    @once_differentiable
+    def backward(ctx, grad_output):
+        x, weight, mean, invstd = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        need_w = need_w and weight is not None
+        need_b = need_b and ctx.bias_dtype is not None
+        acc = launch.acc_dtype(x.dtype)
+        C = x.shape[1]
+        # Every rank of the group reaches the same all_reduce (the layer's settings are the same everywhere).
+        sync = need_x and ctx.stats_grad
+        sum_dy = sum_dy_xmu = None
+        if x.numel() == 0:
+            sum_dy = sum_dy_xmu = torch.zeros(C, dtype=acc, device=x.device)
+        elif sync or need_w or need_b:
+            sum_dy, sum_dy_xmu = launch.channel_sums(grad_output, None, x, mean, want_sum_u=True)
+        dx = dw = db = None
+        if need_x:
+            scale = invstd * weight.to(acc) if weight is not None else invstd
+            if sync:
+                total_sums = torch.cat([sum_dy, sum_dy_xmu])
+                dist.all_reduce(total_sums, dist.ReduceOp.SUM, group=ctx.process_group)
+                g_dy, g_dy_xmu = total_sums.split(C)
+                beta = -scale * invstd * invstd * g_dy_xmu / ctx.total
+                gamma = -scale * g_dy / ctx.total
+                dx = launch.channel_affine(x, grad_output, None, scale, x, mean, beta, gamma)
+            else:  # detached statistics: dx = dy·weight·invstd, nothing to exchange
+                dx = launch.channel_affine(x, grad_output, None, scale)
+        # Local sums (zeros on an empty rank): DistributedDataParallel averages them over the ranks.
+        if need_w:
+            dw = (sum_dy_xmu * invstd).to(weight.dtype)
+        if need_b:
+            db = sum_dy.to(ctx.bias_dtype)
+        return dx, dw, db, None, None, None, None, None, None, None
+
+
+class SyncBatchNorm(nn.SyncBatchNorm):
+    """:class:`torch.nn.SyncBatchNorm` on Triton kernels; input (N, C, *spatial).
+
+    Same constructor, plus the keyword-only ``detach_stats`` of tritonbn's other modules (the backward then
+    treats the global batch statistics as constants, ``dx = dy·weight·invstd``, and exchanges nothing).
+    Statistics are synchronised only in training with ``torch.distributed`` initialised and more than
+    one rank in ``process_group`` (default: the whole world); otherwise this is :func:`tritonbn.batch_norm`.
+    Ranks may hold different batch sizes, including empty ones.
+    """
+
+    def __init__(self, *args, detach_stats: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.detach_stats = detach_stats
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s + ", detach_stats=True" if getattr(self, "detach_stats", False) else s
+
+    def _sync_group(self) -> tuple[Any, int] | None:
+        """(process group, world size) when this training step synchronises, else None (as torch decides)."""
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return None
+        group = self.process_group if self.process_group else dist.group.WORLD
+        world_size = dist.get_world_size(group)
+        return (group, world_size) if world_size > 1 else None
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        # Mirrors torch.nn.SyncBatchNorm.forward, calling tritonbn's kernels.
+        self._check_input_dim(input)
+        self._check_non_zero_input_channels(input)
+        detach_stats = getattr(self, "detach_stats", False)
+        sync = self._sync_group()
+        if sync is not None and not uses_triton(input):
+            # No Triton here (CPU without the interpreter, or another accelerator): torch's own layer, which
+            # refuses CPU tensors when it has to synchronise.
+            if detach_stats and input.device.type != "cpu":
+                raise NotImplementedError("SyncBatchNorm(detach_stats=True) needs the Triton kernels (CUDA)")
+            return super().forward(input)
+        exponential_average_factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            if self.num_batches_tracked is None:
+                raise AssertionError("num_batches_tracked must not be None")
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average
+                exponential_average_factor = 1.0 / self.num_batches_tracked.item()
+        bn_training = self.training or (self.running_mean is None and self.running_var is None)
+        use_buffers = not self.training or self.track_running_stats
+        running_mean = self.running_mean if use_buffers else None
+        running_var = self.running_var if use_buffers else None
+        if sync is None:
+            return batch_norm(
+                input,
+                running_mean,
+                running_var,
+                self.weight,
+                self.bias,
+                bn_training,
+                exponential_average_factor,
+                self.eps,
+                detach_stats=detach_stats,
+            )
+        # The single-process checks (dtype, parameter and buffer sizes, devices) on an empty slice of the
+        # batch: one value per channel on one rank is fine when the statistics span the group.
+        _check_inputs(input.narrow(0, 0, 0), running_mean, running_var, self.weight, self.bias, True, self.eps)
+        group, world_size = sync
+        return SyncBatchNormFunction.apply(
+            input,
+            self.weight,
+            self.bias,
+            running_mean,
+            running_var,
+            self.eps,
+            exponential_average_factor,
+            group,
+            world_size,
+            detach_stats,
+        )
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module: nn.Module, process_group: Any = None) -> nn.Module:
+        """Replace every ``BatchNorm*d`` (torch's or tritonbn's, or a SyncBatchNorm) by this class.
+
+        As :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm`: parameters and buffers are shared, the
+        train/eval state and ``qconfig`` carried over, children replaced in place and the (possibly new)
+        root returned. A tritonbn layer's ``detach_stats`` is carried over too.
+        """
+        module_output = module
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module_output = cls(
+                module.num_features,
+                module.eps,
+                module.momentum,
+                module.affine,
+                module.track_running_stats,
+                process_group,
+                bias=module.bias is not None,
+                detach_stats=getattr(module, "detach_stats", False),
+            )
+            if module.affine:
+                with torch.no_grad():
+                    module_output.weight = module.weight
+                    module_output.bias = module.bias
+            module_output.running_mean = module.running_mean
+            module_output.running_var = module.running_var
+            module_output.num_batches_tracked = module.num_batches_tracked
+            module_output.training = module.training
+            if hasattr(module, "qconfig"):
+                module_output.qconfig = module.qconfig
+        for name, child in module.named_children():
+            module_output.add_module(name, cls.convert_sync_batchnorm(child, process_group))
+        del module
+        return module_output
