@@ -66,19 +66,24 @@ class _ChannelSum(Function):
 
 
 class _ChannelAffine(Function):
-    """a1·(t1 - mu1) + a2·(t2 - mu2) + g, per channel, shaped and laid out like ``like``."""
+    """[gate > 0]·(a1·(t1 - mu1) + a2·(t2 - mu2) + g), per channel, shaped and laid out like ``like``.
+
+    ``gate`` (optional, not differentiated: it is piecewise constant) is how ReLU enters the graph:
+    relu(z) = [z > 0]·z.
+    """
 
     @staticmethod
-    def forward(ctx, like, t1, mu1, a1, t2, mu2, a2, g):
-        ctx.save_for_backward(t1, mu1, a1, t2, mu2, a2)
-        ctx.has_g = g is not None
-        return launch.channel_affine(like, t1, mu1, a1, t2, mu2, a2, g)
+    def forward(ctx, like, t1, mu1, a1, t2, mu2, a2, g, gate):
+        ctx.save_for_backward(t1, mu1, a1, t2, mu2, a2, gate)
+        return launch.channel_affine(like, t1, mu1, a1, t2, mu2, a2, g, gate=gate, gate_output=True)
 
     @staticmethod
     def backward(ctx, go):
-        t1, mu1, a1, t2, mu2, a2 = ctx.saved_tensors
+        t1, mu1, a1, t2, mu2, a2, gate = ctx.saved_tensors
         need = ctx.needs_input_grad
-        grads = [None] * 8
+        grads = [None] * 9
+        if gate is not None:
+            go = channel_affine(go, go, None, torch.ones_like(a1 if a1 is not None else a2), gate=gate)
         sum_go = None
         if need[2] or need[5] or need[7]:
             sum_go = channel_sum(go)
@@ -115,9 +120,10 @@ def channel_affine(
     mu2: torch.Tensor | None = None,
     a2: torch.Tensor | None = None,
     g: torch.Tensor | None = None,
+    gate: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Differentiable ``a1·(t1 - mu1) + a2·(t2 - mu2) + g`` with (C,) coefficients, like ``like``."""
-    return _ChannelAffine.apply(like, t1, mu1, a1, t2, mu2, a2, g)
+    """Differentiable ``[gate > 0]·(a1·(t1 - mu1) + a2·(t2 - mu2) + g)`` with (C,) coefficients, like ``like``."""
+    return _ChannelAffine.apply(like, t1, mu1, a1, t2, mu2, a2, g, gate)
 
 
 def backward_kernels(
@@ -131,6 +137,7 @@ def backward_kernels(
     need_input: bool = True,
     need_weight: bool = True,
     need_bias: bool = True,
+    relu_output: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Fused first-order backward: ``(dx, dweight, dbias)``; not differentiable.
 
@@ -142,17 +149,25 @@ def backward_kernels(
         dx      = w·invstd·dy - w·invstd³·(x - mean)·Σ dy·(x - mean) / M - w·invstd·Σ dy / M   (stats_grad)
         dx      = w·invstd·dy                                                                 (otherwise)
 
-    One kernel pass computes both sums (skipped when nothing needs them), one pass writes dx.
+    With ``relu_output`` (the output y of a fused batch norm + ReLU) every dy above is dy·[y > 0], applied
+    inside the kernels. One kernel pass computes both sums (skipped when nothing needs them), one pass
+    writes dx.
     """
     acc = launch.acc_dtype(x.dtype)
     has_weight = weight is not None
     need_weight = need_weight and has_weight
     need_bias = need_bias and has_weight
+    gate = relu_output
     sum_dy = sum_dy_xmu = None
     if (need_input and stats_grad) or need_weight or need_bias:
         want_xmu = need_weight or (need_input and stats_grad)
         sum_dy, sum_dy_xmu = launch.channel_sums(
-            grad_output, None, x if want_xmu else None, mean, want_sum_u=need_bias or (need_input and stats_grad)
+            grad_output,
+            None,
+            x if want_xmu else None,
+            mean,
+            want_sum_u=need_bias or (need_input and stats_grad),
+            gate=gate,
         )
     dx = dweight = dbias = None
     if need_input:
@@ -161,9 +176,9 @@ def backward_kernels(
             count = _count(x)
             beta = -scale * invstd * invstd * sum_dy_xmu / count
             gamma = -scale * sum_dy / count
-            dx = launch.channel_affine(x, grad_output, None, scale, x, mean, beta, gamma)
+            dx = launch.channel_affine(x, grad_output, None, scale, x, mean, beta, gamma, gate=gate)
         else:
-            dx = launch.channel_affine(x, grad_output, None, scale)
+            dx = launch.channel_affine(x, grad_output, None, scale, gate=gate)
     if need_weight:
         dweight = (sum_dy_xmu * invstd).to(weight.dtype)
     if need_bias:
@@ -171,75 +186,120 @@ def backward_kernels(
     return dx, dweight, dbias
 
 
+def forward_kernels(x, weight, bias, running_mean, running_var, use_batch_stats, eps, residual=None, relu=False):
+    """``y = act((x - mean)·weight·invstd + bias + residual)`` by the Triton kernels.
+
+    Returns ``(y, mean, invstd, var)``: the statistics the output was normalised with (``var`` is the batch's
+    biased variance, ``None`` in eval). Running statistics are not touched here.
+    """
+    acc = launch.acc_dtype(x.dtype)
+    var = None
+    if use_batch_stats:
+        mean, var, invstd = launch.batch_stats(x, eps)
+    else:
+        mean = running_mean.detach().to(acc, copy=True)
+        invstd = torch.rsqrt(running_var.detach().to(acc) + eps)
+    scale = invstd * weight.detach().to(acc) if weight is not None else invstd
+    ones = torch.ones_like(scale) if residual is not None else None
+    y = launch.channel_affine(x, x, mean, scale, residual, None, ones, g=bias, relu=relu)
+    return y, mean, invstd, var
+
+
 class BatchNormFunction(Function):
-    """y = (x - mean)·weight·invstd + bias, with mean/invstd from the batch or from running statistics."""
+    """y = act((x - mean)·weight·invstd + bias [+ residual]), with batch or running statistics.
+
+    ``act`` is the identity or, with ``relu``, a fused ReLU (the ResNet block's bn -> add -> relu).
+    """
 
     @staticmethod
     @_custom_fwd
-    def forward(ctx, x, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps, detach_stats):
-        acc = launch.acc_dtype(x.dtype)
+    def forward(
+        ctx,
+        x,
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        use_batch_stats,
+        momentum,
+        eps,
+        detach_stats,
+        residual=None,
+        relu=False,
+    ):
+        y, mean, invstd, var = forward_kernels(
+            x, weight, bias, running_mean, running_var, use_batch_stats, eps, residual, relu
+        )
         if use_batch_stats:
-            mean, var, invstd = launch.batch_stats(x, eps)
             _update_running_stats(running_mean, running_var, mean, var, _count(x), momentum)
-        else:
-            mean = running_mean.detach().to(acc, copy=True)
-            invstd = torch.rsqrt(running_var.detach().to(acc) + eps)
-        scale = invstd * weight.detach().to(acc) if weight is not None else invstd
-        y = launch.channel_affine(x, x, mean, scale, g=bias)
-        ctx.save_for_backward(x, weight, bias, mean, invstd)
+        ctx.save_for_backward(x, weight, bias, mean, invstd, residual, y if relu else None)
         ctx.stats_grad = use_batch_stats and not detach_stats
         ctx.eps = eps
+        ctx.relu = relu
+        if relu:
+            ctx.mark_non_differentiable()  # y is differentiable; nothing else is returned
         return y
 
     @staticmethod
     @_custom_bwd
     def backward(ctx, grad_output):
-        x, weight, bias, mean, invstd = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        x, weight, bias, mean, invstd, residual, y = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        need_x, need_w, need_b = needs[:3]
+        need_res = len(needs) > 9 and needs[9]
         if torch.is_grad_enabled():
-            grads = _differentiable_backward(ctx, grad_output, x, weight, bias, mean, invstd, (need_x, need_w, need_b))
-        else:
-            grads = backward_kernels(
-                grad_output,
-                x,
-                weight,
-                mean,
-                invstd,
-                stats_grad=ctx.stats_grad,
-                need_input=need_x,
-                need_weight=need_w,
-                need_bias=need_b,
-            )
-        return (*grads, None, None, None, None, None, None)
+            return _differentiable_backward(ctx, grad_output, x, weight, bias, mean, invstd, residual, needs)
+        dx, dw, db = backward_kernels(
+            grad_output,
+            x,
+            weight,
+            mean,
+            invstd,
+            stats_grad=ctx.stats_grad,
+            need_input=need_x,
+            need_weight=need_w,
+            need_bias=need_b,
+            relu_output=y,
+        )
+        dres = None
+        if need_res:
+            ones = torch.ones_like(invstd)
+            dres = launch.channel_affine(residual, grad_output, None, ones, gate=y) if ctx.relu else grad_output
+        return (dx, dw, db, None, None, None, None, None, None, dres, None)[: len(needs)]
 
 
-def _differentiable_backward(ctx, grad_output, x, weight, bias, mean, invstd, needs):
+def _differentiable_backward(ctx, grad_output, x, weight, bias, mean, invstd, residual, needs):
     """Backward as a differentiable graph of the two primitives (for ``create_graph=True``)."""
     acc = launch.acc_dtype(x.dtype)
-    inputs = [t for t, need in zip((x, weight, bias), needs, strict=True) if need]
-    if not inputs:
-        return None, None, None
-    with torch.enable_grad():
-        if ctx.stats_grad:
-            # Batch statistics re-derived from x around the saved mean c0: the mean is c0 + Σ(x - c0)/M and
-            # the variance Σ(x - c0)²/M - (Σ(x - c0)/M)², both accurate since x - c0 is centred.
-            count = _count(x)
-            delta = channel_sum(x, mean) / count
-            var = channel_sum(x, mean, x, mean) / count - delta * delta
-            mu = mean + delta
-            r = torch.rsqrt(var + ctx.eps)
-        else:
-            mu, r = mean, invstd  # constants: running statistics, or detached batch statistics
-        scale = r * weight.to(acc) if weight is not None else r
-        y = channel_affine(x, x, mu, scale, g=bias.to(acc) if bias is not None else None)
-        grads = iter(torch.autograd.grad(y, inputs, grad_output, create_graph=True, allow_unused=True))
+    tensors = (x, weight, bias, residual)
+    flags = (*needs[:3], len(needs) > 9 and needs[9])
+    inputs = [t for t, need in zip(tensors, flags, strict=True) if need]
+    grads = iter(())
+    if inputs:
+        with torch.enable_grad():
+            if ctx.stats_grad:
+                # Batch statistics re-derived from x around the saved mean c0: the mean is c0 + Σ(x - c0)/M
+                # and the variance Σ(x - c0)²/M - (Σ(x - c0)/M)², both accurate since x - c0 is centred.
+                count = _count(x)
+                delta = channel_sum(x, mean) / count
+                var = channel_sum(x, mean, x, mean) / count - delta * delta
+                mu = mean + delta
+                r = torch.rsqrt(var + ctx.eps)
+            else:
+                mu, r = mean, invstd  # constants: running statistics, or detached batch statistics
+            scale = r * weight.to(acc) if weight is not None else r
+            shift = bias.to(acc) if bias is not None else None
+            ones = torch.ones_like(r) if residual is not None else None
+            y = channel_affine(x, x, mu, scale, residual, None, ones, shift)
+            if ctx.relu:
+                y = channel_affine(y, y, None, torch.ones_like(r), gate=y.detach())
+            grads = iter(torch.autograd.grad(y, inputs, grad_output, create_graph=True, allow_unused=True))
     out = []
-    for t, need in zip((x, weight, bias), needs, strict=True):
+    for t, need in zip(tensors, flags, strict=True):
         g = next(grads) if need else None
-        if need and g is None:
-            g = torch.zeros_like(t)
-        out.append(g)
-    return tuple(out)
+        out.append(torch.zeros_like(t) if need and g is None else g)
+    dx, dw, db, dres = out
+    return (dx, dw, db, None, None, None, None, None, None, dres, None)[: len(needs)]
 
 
 def _update_running_stats(running_mean, running_var, mean, var, count, momentum):

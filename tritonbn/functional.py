@@ -15,9 +15,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from tritonbn import autograd, launch
+from tritonbn import autograd, launch, ops
 
-__all__ = ["batch_norm", "batch_norm_backward", "uses_triton"]
+__all__ = ["batch_norm", "batch_norm_backward", "batch_norm_relu", "uses_triton"]
 
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # torch's ScalarType names, as they appear in its "not implemented for" messages.
@@ -95,13 +95,57 @@ def batch_norm(
     statistics should act as a fixed per-batch whitening (e.g. when differentiating a network w.r.t. its
     inputs one sample at a time); it is not the gradient of the training-mode forward.
     """
+    return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, detach_stats)
+
+
+def batch_norm_relu(
+    input: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    *,
+    residual: torch.Tensor | None = None,
+    detach_stats: bool = False,
+) -> torch.Tensor:
+    """``relu(batch_norm(input, ...) + residual)`` in one kernel forward and one fused backward.
+
+    The pattern of every ResNet block (``residual`` omitted: ``relu(batch_norm(input))``). Arguments and
+    running-statistics semantics are those of :func:`batch_norm`; ``residual`` must have the shape, dtype
+    and device of ``input``.
+    """
+    if residual is not None and (
+        residual.shape != input.shape or residual.dtype != input.dtype or residual.device != input.device
+    ):
+        raise RuntimeError(
+            f"residual must match input in shape, dtype and device: got {tuple(residual.shape)}, "
+            f"{residual.dtype}, {residual.device} for input {tuple(input.shape)}, {input.dtype}, {input.device}"
+        )
+    return _batch_norm(
+        input, running_mean, running_var, weight, bias, training, momentum, eps, detach_stats, residual, True
+    )
+
+
+def _batch_norm(
+    input, running_mean, running_var, weight, bias, training, momentum, eps, detach_stats, residual=None, relu=False
+):
     _check_inputs(input, running_mean, running_var, weight, bias, training, eps)
     if not uses_triton(input):
-        return _torch_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, detach_stats)
+        y = _torch_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, detach_stats)
+        if residual is not None:
+            y = y + residual
+        return torch.relu(y) if relu else y
     if input.numel() == 0:
         return input.clone()
+    if torch.compiler.is_compiling():
+        return ops.compiled_batch_norm(
+            input, running_mean, running_var, weight, bias, training, momentum, eps, detach_stats, residual, relu
+        )
     return autograd.BatchNormFunction.apply(
-        input, weight, bias, running_mean, running_var, training, momentum, eps, detach_stats
+        input, weight, bias, running_mean, running_var, training, momentum, eps, detach_stats, residual, relu
     )
 
 

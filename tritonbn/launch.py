@@ -199,14 +199,17 @@ def channel_sums(
     mu_v: torch.Tensor | None = None,
     *,
     want_sum_u: bool = False,
+    gate: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Per-channel ``Σ (u - mu_u)`` (if ``want_sum_u``) and ``Σ (u - mu_u)·(v - mu_v)`` (if ``v`` is given).
 
     Sums run over N and the spatial dims in the accumulation dtype; ``mu_*`` are per-channel (C,) centres.
+    With ``gate``, ``u - mu_u`` counts only where ``gate > 0`` (a fused ReLU's mask).
     """
     acc = acc_dtype(torch.promote_types(u.dtype, v.dtype) if v is not None else u.dtype)
     uv = ncs_view(u)
     vv = ncs_view(v) if v is not None else uv
+    gv = ncs_view(gate) if gate is not None else uv
     R, C = uv.N * uv.S, uv.C
     tiles = _tiles_for(uv)
     grid = _grid(R, C, tiles)
@@ -221,6 +224,7 @@ def channel_sums(
         mu_v,
         sum_u_p,
         sum_uv_p,
+        gv.tensor,
         R,
         C,
         uv.S,
@@ -230,6 +234,10 @@ def channel_sums(
         vv.stride_n,
         vv.stride_c,
         vv.stride_s,
+        gv.stride_n,
+        gv.stride_c,
+        gv.stride_s,
+        HAS_GATE=gate is not None,
         HAS_MU_U=mu_u is not None,
         HAS_V=v is not None,
         HAS_MU_V=mu_v is not None,
@@ -257,11 +265,15 @@ def channel_affine(
     g: torch.Tensor | None = None,
     *,
     dtype: torch.dtype | None = None,
+    relu: bool = False,
+    gate: torch.Tensor | None = None,
+    gate_output: bool = False,
 ) -> torch.Tensor:
     """``a1[c]·(t1 - mu1[c]) + a2[c]·(t2 - mu2[c]) + g[c]``, shaped and laid out like ``like``.
 
     Any term may be omitted (a missing ``mu`` is 0). The output is ``torch.empty_like(like)``
-    (same memory format) in ``dtype`` (default ``like.dtype``).
+    (same memory format) in ``dtype`` (default ``like.dtype``). ``relu`` clamps the result at 0;
+    ``gate`` zeroes ``t1`` (or, with ``gate_output``, the result) where ``gate <= 0``.
     """
     dtype = dtype or like.dtype
     out = torch.empty_like(like, dtype=dtype)
@@ -273,6 +285,7 @@ def channel_affine(
         raise AssertionError("output tensor is not addressable as (N, C, S)")
     v1 = ncs_view(t1) if t1 is not None else ov
     v2 = ncs_view(t2) if t2 is not None else ov
+    gv = ncs_view(gate) if gate is not None else ov
     R, C = ov.N * ov.S, ov.C
     tiles = _tiles_for(ov)
     channel_affine_kernel[_grid(R, C, tiles)](
@@ -284,6 +297,7 @@ def channel_affine(
         _per_channel(mu2, acc),
         _per_channel(a2, acc),
         _per_channel(g, acc),
+        gv.tensor,
         R,
         C,
         ov.S,
@@ -296,6 +310,11 @@ def channel_affine(
         v2.stride_n,
         v2.stride_c,
         v2.stride_s,
+        gv.stride_n,
+        gv.stride_c,
+        gv.stride_s,
+        GATE=0 if gate is None else 2 if gate_output else 1,
+        RELU=relu,
         HAS_T1=t1 is not None,
         HAS_MU1=mu1 is not None,
         HAS_T2=t2 is not None,

@@ -6,13 +6,16 @@ import torch
 from torch import nn
 
 from tritonbn.distributed import SyncBatchNorm
-from tritonbn.functional import batch_norm
+from tritonbn.functional import _batch_norm
 
 __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
+    "BatchNorm2dAddReLU",
+    "BatchNorm2dReLU",
     "BatchNorm3d",
     "FrozenBatchNorm2d",
+    "FusedReLU",
     "convert_model",
     "revert_model",
 ]
@@ -30,7 +33,10 @@ class _TritonBatchNorm:
         self.detach_stats = detach_stats
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        # Mirrors torch.nn.modules.batchnorm._BatchNorm.forward, calling tritonbn.batch_norm.
+        return self._forward(input)
+
+    def _forward(self, input, residual=None, relu=False):
+        # Mirrors torch.nn.modules.batchnorm._BatchNorm.forward, calling tritonbn's batch norm.
         self._check_input_dim(input)
         exponential_average_factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
@@ -39,7 +45,7 @@ class _TritonBatchNorm:
                 exponential_average_factor = 1.0 / float(self.num_batches_tracked)
         bn_training = self.training or (self.running_mean is None and self.running_var is None)
         use_buffers = not self.training or self.track_running_stats
-        return batch_norm(
+        return _batch_norm(
             input,
             self.running_mean if use_buffers else None,
             self.running_var if use_buffers else None,
@@ -48,7 +54,9 @@ class _TritonBatchNorm:
             bn_training,
             exponential_average_factor,
             self.eps,
-            detach_stats=getattr(self, "detach_stats", False),
+            getattr(self, "detach_stats", False),
+            residual,
+            relu,
         )
 
     def extra_repr(self) -> str:
@@ -66,6 +74,37 @@ class BatchNorm2d(_TritonBatchNorm, nn.BatchNorm2d):
 
 class BatchNorm3d(_TritonBatchNorm, nn.BatchNorm3d):
     """:class:`torch.nn.BatchNorm3d` on Triton kernels; input (N, C, D, H, W), contiguous or channels_last_3d."""
+
+
+class BatchNorm2dReLU(BatchNorm2d):
+    """``relu(BatchNorm2d(x))`` fused: one kernel forward, the ReLU mask folded into the backward kernels.
+
+    Same parameters, buffers and state_dict as :class:`torch.nn.BatchNorm2d`, so a trained BatchNorm2d's
+    weights load as they are.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self._forward(input, relu=True)
+
+
+class BatchNorm2dAddReLU(BatchNorm2d):
+    """``relu(BatchNorm2d(x) + residual)`` fused, the tail of every ResNet block: ``forward(x, residual)``."""
+
+    def forward(self, input: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        if residual.shape != input.shape or residual.dtype != input.dtype or residual.device != input.device:
+            raise RuntimeError(
+                f"residual must match input in shape, dtype and device: got {tuple(residual.shape)}, "
+                f"{residual.dtype}, {residual.device} for input {tuple(input.shape)}, {input.dtype}, {input.device}"
+            )
+        return self._forward(input, residual=residual, relu=True)
+
+
+class FusedReLU(nn.Identity):
+    """Stands where :func:`convert_model` fused a ``ReLU`` into the preceding ``BatchNorm2dReLU``."""
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = inplace
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -96,7 +135,7 @@ class FrozenBatchNorm2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"expected 4D input (got {x.dim()}D input)")
-        return batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return _batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps, False)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.weight.shape[0]}, eps={self.eps})"
@@ -109,6 +148,7 @@ _TO_TRITON = {
     nn.SyncBatchNorm: SyncBatchNorm,
 }
 _TO_TORCH = {ours: theirs for theirs, ours in _TO_TRITON.items()}
+_TO_TORCH.update({BatchNorm2dReLU: nn.BatchNorm2d, BatchNorm2dAddReLU: nn.BatchNorm2d})
 
 
 def _retype(module: nn.Module, cls: type) -> nn.Module:
@@ -122,32 +162,50 @@ def _retype(module: nn.Module, cls: type) -> nn.Module:
     return new
 
 
-def convert_model(module: nn.Module, *, detach_stats: bool = False) -> nn.Module:
-    """Replace every ``torch.nn.BatchNorm1d/2d/3d`` and ``torch.nn.SyncBatchNorm`` in ``module`` (exact
-    types, not subclasses) by tritonbn's.
+def convert_model(module: nn.Module, *, detach_stats: bool = False, fuse_relu: bool = False) -> nn.Module:
+    """Replace every ``torch.nn.BatchNorm1d/2d/3d`` in ``module`` (exact type) by tritonbn's.
 
-    Parameters and buffers are shared, train/eval state, device, dtype, hooks and a SyncBatchNorm's
-    ``process_group`` preserved. Children are replaced in place; the (possibly new) root is returned, so
-    call it as ``model = tritonbn.convert_model(model)``.
+    Parameters and buffers are shared, train/eval state, device, dtype and hooks preserved. Children are
+    replaced in place; the (possibly new) root is returned, so call it as
+    ``model = tritonbn.convert_model(model)``. ``SyncBatchNorm`` and subclasses are left alone.
+
+    With ``fuse_relu=True``, a ``BatchNorm2d`` directly followed by a ``ReLU`` in an ``nn.Sequential``
+    becomes a :class:`BatchNorm2dReLU`, and the ReLU a :class:`FusedReLU` placeholder (an identity), so
+    indices and state_dict keys do not move.
     """
     if type(module) in _TO_TRITON:
         converted = _retype(module, _TO_TRITON[type(module)])
         converted.detach_stats = detach_stats
         return converted
-    for name, child in module.named_children():
-        new_child = convert_model(child, detach_stats=detach_stats)
+    children = list(module.named_children())
+    for i, (name, child) in enumerate(children):
+        new_child = convert_model(child, detach_stats=detach_stats, fuse_relu=fuse_relu)
+        if (
+            fuse_relu
+            and isinstance(module, nn.Sequential)
+            and type(child) is nn.BatchNorm2d
+            and i + 1 < len(children)
+            and type(children[i + 1][1]) is nn.ReLU
+        ):
+            new_child.__class__ = BatchNorm2dReLU
+            relu_name, relu = children[i + 1]
+            setattr(module, relu_name, FusedReLU(relu.inplace))
         if new_child is not child:
             setattr(module, name, new_child)
     return module
 
 
 def revert_model(module: nn.Module) -> nn.Module:
-    """Undo :func:`convert_model`: every tritonbn (Sync)BatchNorm becomes the matching ``torch.nn`` class again."""
+    """Undo :func:`convert_model`: tritonbn's batch norms become ``torch.nn`` ones again, fused ReLUs
+    ``nn.ReLU`` modules again."""
     if type(module) in _TO_TORCH:
         reverted = _retype(module, _TO_TORCH[type(module)])
         reverted.__dict__.pop("detach_stats", None)
         return reverted
     for name, child in module.named_children():
+        if type(child) is FusedReLU:
+            setattr(module, name, nn.ReLU(child.inplace))
+            continue
         new_child = revert_model(child)
         if new_child is not child:
             setattr(module, name, new_child)

@@ -63,6 +63,14 @@ def _centered(
 
 
 @triton.jit
+def _gated(t, gate_ptr, n, s, offs_c, mask, stride_n, stride_c, stride_s):
+    """``t`` where the matching element of ``gate`` is > 0, else 0 (the ReLU derivative mask)."""
+    p_gate = gate_ptr + (n * stride_n + s * stride_s)[:, None] + (offs_c * stride_c)[None, :]
+    gate = tl.load(p_gate, mask=mask, other=0.0)
+    return tl.where(gate > 0, t, 0.0)
+
+
+@triton.jit
 def stats_partial_kernel(
     x_ptr,
     mean_p_ptr,
@@ -180,6 +188,7 @@ def channel_sums_kernel(
     mu_v_ptr,
     sum_u_p_ptr,
     sum_uv_p_ptr,
+    gate_ptr,
     R,
     C,
     S,
@@ -189,6 +198,10 @@ def channel_sums_kernel(
     stride_vn,
     stride_vc,
     stride_vs,
+    stride_gn,
+    stride_gc,
+    stride_gs,
+    HAS_GATE: tl.constexpr,
     HAS_MU_U: tl.constexpr,
     HAS_V: tl.constexpr,
     HAS_MU_V: tl.constexpr,
@@ -199,12 +212,17 @@ def channel_sums_kernel(
 ):
     """Per (row-block, channel) partial sums Σ a and Σ a·b with a = u - mu_u and b = v - mu_v.
 
+    With HAS_GATE, ``a`` is zeroed where ``gate <= 0``: the ReLU mask of a fused batch norm + ReLU, so the
+    backward reduces dy·[y > 0] without materialising it.
+
     The batch-norm backward's reductions are Σ dy and Σ dy·(x - mean) (= Σ dy·x̂ / invstd); centring
     ``x`` on the channel mean before multiplying keeps Σ dy·x̂ accurate for channels with a large mean.
     """
     pid_r, offs_r, offs_c, m_r, m_c, n, s = _tile(R, C, S, BLOCK_R, BLOCK_C)
     mask = m_r[:, None] & m_c[None, :]
     a = _centered(u_ptr, mu_u_ptr, n, s, offs_c, mask, m_c, stride_un, stride_uc, stride_us, HAS_MU_U, ACC)
+    if HAS_GATE:
+        a = _gated(a, gate_ptr, n, s, offs_c, mask, stride_gn, stride_gc, stride_gs)
     p_out = pid_r * C + offs_c
     if WANT_SUM_U:
         tl.store(sum_u_p_ptr + p_out, tl.sum(a, axis=0), mask=m_c)
@@ -223,6 +241,7 @@ def channel_affine_kernel(
     mu2_ptr,
     a2_ptr,
     g_ptr,
+    gate_ptr,
     R,
     C,
     S,
@@ -235,6 +254,11 @@ def channel_affine_kernel(
     stride_2n,
     stride_2c,
     stride_2s,
+    stride_gn,
+    stride_gc,
+    stride_gs,
+    GATE: tl.constexpr,
+    RELU: tl.constexpr,
     HAS_T1: tl.constexpr,
     HAS_MU1: tl.constexpr,
     HAS_T2: tl.constexpr,
@@ -248,13 +272,17 @@ def channel_affine_kernel(
 
     Covers the normalisation y = (x - mean)·(weight·invstd) + bias (train and eval), the input gradient
     dx = (weight·invstd)·dy + β·(x - mean) + γ, and every per-channel combination the higher-order
-    gradients need.
+    gradients need. Fused activations: ``t2`` with ``a2 = 1`` adds a residual, RELU clamps the result at
+    0, and ``gate`` masks by [gate > 0] either ``t1`` (GATE == 1: dy·[y > 0] in a fused ReLU's backward)
+    or the whole output (GATE == 2: ReLU's derivative as a differentiable primitive).
     """
     pid_r, offs_r, offs_c, m_r, m_c, n, s = _tile(R, C, S, BLOCK_R, BLOCK_C)
     mask = m_r[:, None] & m_c[None, :]
     out = tl.zeros([BLOCK_R, BLOCK_C], dtype=ACC)
     if HAS_T1:
         t1 = _centered(t1_ptr, mu1_ptr, n, s, offs_c, mask, m_c, stride_1n, stride_1c, stride_1s, HAS_MU1, ACC)
+        if GATE == 1:
+            t1 = _gated(t1, gate_ptr, n, s, offs_c, mask, stride_gn, stride_gc, stride_gs)
         a1 = tl.load(a1_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
         out += t1 * a1[None, :]
     if HAS_T2:
@@ -264,5 +292,9 @@ def channel_affine_kernel(
     if HAS_G:
         g = tl.load(g_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
         out += g[None, :]
+    if RELU:
+        out = tl.maximum(out, 0.0)
+    if GATE == 2:
+        out = _gated(out, gate_ptr, n, s, offs_c, mask, stride_gn, stride_gc, stride_gs)
     p_out = out_ptr + (n * stride_on + s * stride_os)[:, None] + (offs_c * stride_oc)[None, :]
     tl.store(p_out, out.to(out_ptr.dtype.element_ty), mask=mask)
