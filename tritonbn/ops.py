@@ -1,0 +1,152 @@
+"""torch.library custom ops, so ``torch.compile`` traces tritonbn without graph breaks.
+
+Dynamo cannot look inside Triton launches wrapped in an ``autograd.Function`` that mutates buffers, so under
+``torch.compile`` the layers call these ops instead:
+
+* ``tritonbn::batch_norm_forward`` -> ``(y, mean, invstd, new_running_mean, new_running_var)``. It does not
+  mutate its inputs: the new running statistics are returned and copied into the buffers outside the op
+  (``torch.library`` cannot give autograd to an op that mutates its inputs);
+* ``tritonbn::batch_norm_backward`` -> ``(dx, dweight, dbias, dresidual)``, the fused first-order backward.
+
+Both have fake (meta) implementations for tracing, and the forward has its autograd registered with the
+backward op. Compiled graphs get first-order gradients; double backward (``create_graph=True``) is an eager
+feature, where :class:`tritonbn.autograd.BatchNormFunction` differentiates its own backward.
+"""
+
+# torch.library infers the op schemas from these annotations: keep typing.Optional, which every supported
+# torch version understands.
+# ruff: noqa: UP045
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from tritonbn import autograd, launch
+
+__all__ = ["batch_norm_backward", "batch_norm_forward", "compiled_batch_norm"]
+
+
+def _none_if_empty(t: Tensor) -> Optional[Tensor]:
+    return None if t.numel() == 0 else t
+
+
+@torch.library.custom_op("tritonbn::batch_norm_forward", mutates_args=())
+def batch_norm_forward(
+    x: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    residual: Optional[Tensor],
+    training: bool,
+    momentum: float,
+    eps: float,
+    relu: bool,
+    detach_stats: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    y, mean, invstd, var = autograd.forward_kernels(
+        x, weight, bias, running_mean, running_var, training, eps, residual, relu
+    )
+    new_mean, new_var = x.new_empty(0), x.new_empty(0)
+    if training and running_mean is not None:
+        new_mean = running_mean.clone()
+    if training and running_var is not None:
+        new_var = running_var.clone()
+    if training:
+        autograd._update_running_stats(
+            _none_if_empty(new_mean), _none_if_empty(new_var), mean, var, autograd._count(x), momentum
+        )
+    return y, mean, invstd, new_mean, new_var
+
+
+@batch_norm_forward.register_fake
+def _(x, weight, bias, running_mean, running_var, residual, training, momentum, eps, relu, detach_stats):
+    acc = launch.acc_dtype(x.dtype)
+    C = x.shape[1]
+    new_mean = running_mean.new_empty(C) if training and running_mean is not None else x.new_empty(0)
+    new_var = running_var.new_empty(C) if training and running_var is not None else x.new_empty(0)
+    return torch.empty_like(x), x.new_empty(C, dtype=acc), x.new_empty(C, dtype=acc), new_mean, new_var
+
+
+@torch.library.custom_op("tritonbn::batch_norm_backward", mutates_args=())
+def batch_norm_backward(
+    grad_output: Tensor,
+    x: Tensor,
+    weight: Optional[Tensor],
+    mean: Tensor,
+    invstd: Tensor,
+    relu_output: Optional[Tensor],
+    stats_grad: bool,
+    need_residual: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    dx, dweight, dbias = autograd.backward_kernels(
+        grad_output, x, weight, mean, invstd, stats_grad=stats_grad, relu_output=relu_output
+    )
+    dres = x.new_empty(0)
+    if need_residual:
+        ones = torch.ones_like(invstd)
+        dres = (
+            launch.channel_affine(x, grad_output, None, ones, gate=relu_output)
+            if relu_output is not None
+            else grad_output.clone()
+        )
+    # "no gradient" is a fresh empty tensor each: outputs of a custom op may not alias one another
+    dweight = x.new_empty(0) if dweight is None else dweight
+    dbias = x.new_empty(0) if dbias is None else dbias
+    return dx, dweight, dbias, dres
+
+
+@batch_norm_backward.register_fake
+def _(grad_output, x, weight, mean, invstd, relu_output, stats_grad, need_residual):
+    dw = torch.empty_like(weight) if weight is not None else x.new_empty(0)
+    dres = torch.empty_like(x) if need_residual else x.new_empty(0)
+    return torch.empty_like(x), dw, torch.empty_like(dw), dres
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, running_mean, running_var, residual, training, momentum, eps, relu, detach_stats = inputs
+    y, mean, invstd, _, _ = output
+    ctx.save_for_backward(x, weight, mean, invstd, y if relu else None)
+    ctx.stats_grad = training and not detach_stats
+    ctx.has_residual = residual is not None
+    ctx.set_materialize_grads(True)
+
+
+def _backward(ctx, grad_y, _grad_mean, _grad_invstd, _grad_new_mean, _grad_new_var):
+    x, weight, mean, invstd, relu_output = ctx.saved_tensors
+    dx, dweight, dbias, dres = batch_norm_backward(
+        grad_y, x, weight, mean, invstd, relu_output, ctx.stats_grad, ctx.has_residual
+    )
+    has_weight = weight is not None
+    return (
+        dx,
+        dweight if has_weight else None,
+        dbias if has_weight else None,
+        None,
+        None,
+        dres if ctx.has_residual else None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+batch_norm_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def compiled_batch_norm(
+    input, running_mean, running_var, weight, bias, training, momentum, eps, detach_stats, residual, relu
+):
+    """The functional batch norm as traced by torch.compile: the op, then the buffer update outside it."""
+    y, _, _, new_mean, new_var = batch_norm_forward(
+        input, weight, bias, running_mean, running_var, residual, training, momentum, eps, relu, detach_stats
+    )
+    if training:
+        with torch.no_grad():
+            if running_mean is not None:
+                running_mean.copy_(new_mean)
+            if running_var is not None:
+                running_var.copy_(new_var)
+    return y
