@@ -46,9 +46,9 @@ def test_gpu_grid_against_reference_and_torch(shape, dtype, layout, training):
     else:
         mean, invstd = rm_t.double(), torch.rsqrt(rv_t.double() + 1e-5)
     dx_ref, dw_ref, db_ref = reference.batch_norm_backward(dy, x_ref, w, mean, invstd, training=training)
-    assert_close(dx, dx_ref, dtype, "grad", "dx")
-    assert_close(dw, dw_ref, dtype, "grad", "dweight")
-    assert_close(db, db_ref, dtype, "grad", "dbias")
+    assert_close(dx, dx_ref, dtype, "dx", "dx")
+    assert_close(dw, dw_ref, dtype, "dweight", "dweight")
+    assert_close(db, db_ref, dtype, "dbias", "dbias")
 
 
 def test_880k_row_batch():
@@ -61,7 +61,7 @@ def test_880k_row_batch():
     (dx,) = torch.autograd.grad(y, x, dy)
     mean, var, _ = reference.batch_norm_stats(x.detach())
     dx_ref, _, _ = reference.batch_norm_backward(dy, x.detach(), bn.weight, mean, torch.rsqrt(var + 1e-5))
-    assert_close(dx, dx_ref, torch.float32, "grad", "dx")
+    assert_close(dx, dx_ref, torch.float32, "dx", "dx")
 
 
 def test_more_than_2_pow_31_elements():

@@ -92,14 +92,14 @@ def test_many_row_blocks_merge(kernels, monkeypatch):
         x = (torch.randn(shape, dtype=torch.float64) * 3 + 50).to(kernels).to(memory_format=fmt)
         mean, var, invstd = launch.batch_stats(x, 1e-5)
         mean_ref, var_ref, _ = reference.batch_norm_stats(x)
-        assert_close(mean, mean_ref, torch.float64, "stats", "mean")
-        assert_close(var, var_ref, torch.float64, "stats", "var")
+        assert_close(mean, mean_ref, torch.float64, "running_mean", "mean")
+        assert_close(var, var_ref, torch.float64, "running_var", "var")
         xr = x.detach().clone().requires_grad_()
         y = tritonbn.batch_norm(xr, None, None, training=True)
         dy = torch.randn_like(y)
         (dx,) = torch.autograd.grad(y, xr, dy)
         dx_ref, _, _ = reference.batch_norm_backward(dy, x, None, mean_ref, torch.rsqrt(var_ref + 1e-5))
-        assert_close(dx, dx_ref, torch.float64, "grad", "dx")
+        assert_close(dx, dx_ref, torch.float64, "dx", "dx")
 
 
 def test_merge_of_uneven_partials_with_an_empty_one(kernels):
@@ -119,6 +119,6 @@ def test_merge_of_uneven_partials_with_an_empty_one(kernels):
         torch.stack(means), torch.stack(m2s), torch.tensor(counts, device=kernels), sum(counts), 1e-5
     )
     mean_ref, var_ref, _ = reference.batch_norm_stats(torch.cat(chunks))
-    assert_close(mean, mean_ref, torch.float64, "stats", "mean")
-    assert_close(var, var_ref, torch.float64, "stats", "var")
-    assert_close(invstd, torch.rsqrt(var_ref + 1e-5), torch.float64, "stats", "invstd")
+    assert_close(mean, mean_ref, torch.float64, "running_mean", "mean")
+    assert_close(var, var_ref, torch.float64, "running_var", "var")
+    assert_close(invstd, torch.rsqrt(var_ref + 1e-5), torch.float64, "running_var", "invstd")
