@@ -262,15 +262,19 @@ def speedup_heatmap(sp: pd.DataFrame, provider: str = "tritonbn", baseline: str 
 
 
 def error_by_quantity(df: pd.DataFrame, metric: str = "max_rel_err", show_tol: bool = True) -> go.Figure:
-    """Error vs the float64 reference per quantity, tritonbn next to torch, one panel per dtype.
+    """Error vs the float64 reference per quantity, tritonbn next to torch, one panel per dtype (two a row).
 
-    Grey dashes mark each check's tolerance (``show_tol``); failed checks are large black-edged crosses.
-    Checks without an error value (skipped, or the provider raised) are not plotted.
+    Grey dashes mark the tolerance (``show_tol``; the base one when some cases had it raised, which the
+    hover shows); failed checks are large crosses. Checks without an error value (skipped, or the provider
+    raised) are not plotted.
     """
     label = {"max_abs_err": "max |error|", "max_rel_err": "max relative error"}.get(metric, metric)
     title = f"{label} vs the float64 reference, per quantity (log scale; ✕: failed"
     title += ", grey dash: tolerance)" if show_tol else ")"
-    title += "<br><sup>an error of exactly 0 is drawn at the bottom of the axis</sup>"
+    sub = "an error of exactly 0 is drawn at the bottom of the axis"
+    if show_tol:
+        sub += "; the dash is the base tolerance, ill-conditioned cases get a raised one (see the hover)"
+    title += f"<br><sup>{sub}</sup>"
     d = df[df[metric].notna()].copy() if not df.empty else df
     if d.empty:
         return empty_figure("no correctness result with an error value for this selection", title)
@@ -279,70 +283,104 @@ def error_by_quantity(df: pd.DataFrame, metric: str = "max_rel_err", show_tol: b
     d["plotted"] = d[metric].where(d[metric] > 0, floor)
     if "result" not in d:
         d["result"] = d["passed"].map({True: "passed", False: "FAILED"}).fillna("skipped")
-    dtypes = sorted(d["dtype"].unique())
+    for col in ("case", "layout", "mode", "note", "git_sha", "source", "backend"):
+        if col not in d:
+            d[col] = ""
+    dtype_order = ["float16", "bfloat16", "float32", "float64"]
+    dtypes = [t for t in dtype_order if t in set(d["dtype"])] + sorted(set(d["dtype"]) - set(dtype_order))
     quantities = list(dict.fromkeys(d["quantity"]))
-    providers = [p for p in PROVIDER_ORDER if p in set(d["provider"])] + sorted(
-        set(d["provider"]) - set(PROVIDER_ORDER)
+    qpos = {q: i for i, q in enumerate(quantities)}
+    providers = [p for p in PROVIDER_ORDER if p in set(d["provider"])]
+    providers += sorted(set(d["provider"]) - set(providers))
+    width = 0.7 / max(1, len(providers))
+    offsets = {p: (i - (len(providers) - 1) / 2) * width for i, p in enumerate(providers)}
+    # A deterministic jitter inside each provider's slot, so overlapping checks stay visible.
+    jitter = pd.Series(range(len(d)), index=d.index).map(lambda i: ((i * 0.618034) % 1 - 0.5) * width * 0.7)
+    d["x"] = d["quantity"].map(qpos) + d["provider"].map(offsets) + jitter
+
+    ncols = 1 if len(dtypes) == 1 else 2
+    nrows = math.ceil(len(dtypes) / ncols)
+    fig = make_subplots(
+        rows=nrows,
+        cols=ncols,
+        subplot_titles=dtypes,
+        shared_yaxes=False,
+        horizontal_spacing=0.07,
+        vertical_spacing=0.16 if nrows > 1 else 0.1,
     )
-    fig = px.strip(
-        d,
-        x="quantity",
-        y="plotted",
-        color="provider",
-        facet_col="dtype",
-        log_y=True,
-        stripmode="group",
-        color_discrete_map=PROVIDER_COLORS,
-        category_orders={"provider": providers, "dtype": dtypes, "quantity": quantities},
-        hover_data={
-            "plotted": False,
-            metric: ":.3g",
-            "tol": ":.3g",
-            **{c: True for c in ("result", "case", "layout", "mode", "backend", "note", "device") if c in d},
-            **{c: True for c in ("git_sha", "torch", "triton", "source") if c in d},
-        },
-        labels={"quantity": "quantity", "plotted": label},
+    custom = ["provider", "case", "layout", "mode", "tol", "result", "note", "backend", "git_sha", "source"]
+    hover = (
+        "<b>%{customdata[0]}</b> · %{customdata[5]}<br>"
+        + label
+        + " %{customdata[10]:.3g} (tol %{customdata[4]:.3g})<br>case %{customdata[1]} · %{customdata[2]} · "
+        "%{customdata[3]}<br>backend %{customdata[7]}<br>%{customdata[6]}<br>%{customdata[8]} · %{customdata[9]}"
+        "<extra></extra>"
     )
-    fig.update_traces(marker={"size": 8, "opacity": 0.75})
-    # Tolerances: a wide grey dash per (dtype, quantity) at the base (smallest) tolerance; a case whose
-    # tolerance was raised (ill-conditioned statistics) shows its own in the hover.
-    tol = d.groupby(["dtype", "quantity"], sort=False)["tol"].min().reset_index()
-    for i, dt in enumerate(dtypes, start=1):
-        t = tol[(tol["dtype"] == dt) & tol["tol"].notna()]
-        if show_tol and not t.empty:
+    for i, dt in enumerate(dtypes):
+        row, col = i // ncols + 1, i % ncols + 1
+        sub = d[d["dtype"] == dt]
+        for p in providers:
+            g = sub[sub["provider"] == p]
+            if g.empty:
+                continue
             fig.add_scatter(
-                x=t["quantity"],
-                y=t["tol"],
+                x=g["x"],
+                y=g["plotted"],
                 mode="markers",
-                marker={"symbol": "line-ew-open", "size": 24, "color": "#555", "line": {"width": 3}},
-                name="tolerance (base)",
-                legendgroup="tolerance",
-                showlegend=i == 1,
-                hovertemplate="tolerance %{y:.3g}<extra></extra>",
-                row=1,
-                col=i,
+                name=p,
+                legendgroup=p,
+                showlegend=i == 0,
+                marker={"size": 7, "opacity": 0.75, "color": PROVIDER_COLORS.get(p, "#9467bd")},
+                customdata=g[[*custom, metric]].astype(object).values,
+                hovertemplate=hover,
+                row=row,
+                col=col,
             )
-        bad = d[(d["dtype"] == dt) & (d["result"] == "FAILED")]
+        tol = sub.groupby("quantity", sort=False)["tol"].min().dropna()
+        if show_tol and not tol.empty:
+            xs, ys = [], []
+            for q, t in tol.items():
+                xs += [qpos[q] - 0.42, qpos[q] + 0.42, None]
+                ys += [t, t, None]
+            fig.add_scatter(
+                x=xs,
+                y=ys,
+                mode="lines",
+                line={"color": "#555", "width": 2.5},
+                name="tolerance",
+                legendgroup="tolerance",
+                showlegend=i == 0,
+                hovertemplate="tolerance %{y:.3g}<extra></extra>",
+                row=row,
+                col=col,
+            )
+        bad = sub[sub["result"] == "FAILED"]
         if not bad.empty:
             fig.add_scatter(
-                x=bad["quantity"],
+                x=bad["x"],
                 y=bad["plotted"],
                 mode="markers",
-                marker={"symbol": "x", "size": 16, "color": "#d62728", "line": {"width": 2, "color": "black"}},
                 name="failed",
                 legendgroup="failed",
                 showlegend=not any(tr.name == "failed" for tr in fig.data),
-                customdata=bad[["provider", "case", "layout", "mode", "tol"]],
-                hovertemplate="<b>FAILED</b> %{customdata[0]} %{x}<br>error %{y:.3g}, tol %{customdata[4]:.3g}"
-                "<br>%{customdata[1]} %{customdata[2]} %{customdata[3]}<extra></extra>",
-                row=1,
-                col=i,
+                marker={"symbol": "x", "size": 13, "color": "#d62728", "line": {"width": 1.5, "color": "black"}},
+                customdata=bad[[*custom, metric]].astype(object).values,
+                hovertemplate=hover,
+                row=row,
+                col=col,
             )
-    fig.update_yaxes(title=None, exponentformat="power")
-    fig.update_yaxes(title=f"{label} (log)", col=1)
-    fig.update_xaxes(title=None, tickangle=-30)
-    _strip_facet_titles(fig)
-    return _style(fig, title, height=480, legend="right")
+        fig.update_xaxes(
+            tickvals=list(range(len(quantities))),
+            ticktext=quantities,
+            range=[-0.6, len(quantities) - 0.4],
+            tickangle=-35,
+            row=row,
+            col=col,
+        )
+        fig.update_yaxes(type="log", exponentformat="power", row=row, col=col)
+        if col == 1:
+            fig.update_yaxes(title=f"{label} (log)", row=row, col=col)
+    return _style(fig, title, height=170 + 330 * nrows, legend="top")
 
 
 def run_comparison(cmp: pd.DataFrame, label_a: str, label_b: str) -> go.Figure:

@@ -90,10 +90,13 @@ def problems(root: Path, res: data.Results) -> None:
             "`tritonbn-bench` / `tritonbn-check`."
         )
         return
+    if not root.is_dir():
+        st.error(f"`{root}` is a file, not a folder: set the results folder in the sidebar.")
+        return
     if not res.files:
         st.info(f"No result files (`*.csv`) in `{root}` yet.")
         return
-    msgs = [p for p in res.problems]
+    msgs = list(res.problems)
     if not msgs:
         return
     head = "\n".join(f"- {m}" for m in msgs[:6])

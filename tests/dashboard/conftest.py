@@ -21,6 +21,7 @@ def folders(tmp_path_factory) -> dict[str, Path]:
         "malformed": fixtures.write_malformed(base / "malformed"),
         "good": fixtures.write_good(base / "good"),
         "correctness_only": fixtures.write_correctness_only(base / "correctness_only"),
+        "harness_like": fixtures.write_harness_like(base / "harness_like"),
     }
 
 

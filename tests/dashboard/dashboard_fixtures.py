@@ -100,7 +100,11 @@ FAILING = ("tritonbn", "float32", "ddx", "channels_last", "train")
 TOL = {"float16": 1e-2, "bfloat16": 5e-2, "float32": 1e-5, "float64": 1e-12}
 
 
-def correctness_rows(device: str = "cpu-interpreter", prov: dict | None = None, failures: int = 1) -> list[dict]:
+def correctness_rows(
+    device: str = "cpu-interpreter", prov: dict | None = None, failures: int = 1, harness_extras: bool = False
+) -> list[dict]:
+    """Checks of tritonbn and torch; with ``harness_extras`` also the optional backend/status/note columns,
+    short dtype names (``fp32``), a skipped provider and a provider that raised, as tritonbn-check writes."""
     prov = {**PROV, "gpu": "" if device == "cpu-interpreter" else GPU, **(prov or {})}
     rows = []
     for provider in ("tritonbn", "torch"):
@@ -132,6 +136,18 @@ def correctness_rows(device: str = "cpu-interpreter", prov: dict | None = None, 
                                 **prov,
                             }
                         )
+    if harness_extras:
+        short = {"float32": "fp32", "float64": "fp64"}
+        for r in rows:
+            r["dtype"] = short[r["dtype"]]
+            r["backend"] = "triton-interpreter" if r["provider"] == "tritonbn" else "cpu"
+            r["status"] = "ok" if r["passed"] else "fail"
+            r["note"] = ""
+        base = {**rows[0], "case": "N4C3L7-detach", "max_abs_err": "", "max_rel_err": "", "tol": ""}
+        rows.append({**base, "provider": "torch", "quantity": "", "passed": "", "status": "skipped"})
+        rows[-1]["note"] = "torch has no detached-statistics batch norm"
+        rows.append({**base, "provider": "tritonbn", "quantity": "dx", "passed": False, "status": "error"})
+        rows[-1]["note"] = "RuntimeError: boom"
     return rows
 
 
@@ -148,6 +164,12 @@ def write_good(root: Path) -> Path:
     write_csv(root / "nvidia-h100" / "2025-01-09_def5678.csv", benchmark_rows(later, scale=1.1, fail_inductor=False))
     write_csv(root / "correctness" / "cpu-interpreter_abc1234.csv", correctness_rows())
     write_csv(root / "correctness" / "nvidia-h100_abc1234.csv", correctness_rows(GPU, failures=0))
+    return root
+
+
+def write_harness_like(root: Path) -> Path:
+    """A correctness file with everything tritonbn-check may write: extra columns, skipped and errored checks."""
+    write_csv(root / "cpu-interpreter" / "2025-01-02_abc1234_check.csv", correctness_rows(harness_extras=True))
     return root
 
 

@@ -197,3 +197,22 @@ def test_default_results_dir_precedence(tmp_path):
     assert ui.default_results_dir(["-q", "tests"], {}) == str(ui.DEFAULT_RESULTS)
     assert ui.DEFAULT_RESULTS == ui.REPO_ROOT / "bench_results"
     assert ui.resolve(str(tmp_path)) == tmp_path
+
+
+def test_correctness_results_as_the_harness_writes_them(folders):
+    res = data.load_results(folders["harness_like"])
+    assert res.problems == []
+    c = res.correctness
+    assert set(c["dtype"]) == {"float32", "float64"}  # fp32 / fp64 normalised
+    assert c["result"].value_counts().to_dict() == {"passed": 111, "FAILED": 1, "skipped": 1, "error": 1}
+    rates = data.pass_rates(c, by=("provider",)).set_index("provider")
+    assert rates.loc["tritonbn", "checks"] == 57 and rates.loc["tritonbn", "failed"] == 2  # error counts
+    assert rates.loc["torch", "checks"] == 56  # the skipped row is not a check
+
+
+def test_columns_match_the_harness_schema():
+    """The dashboard's required columns are a subset of what the project's tools write."""
+    schema = pytest.importorskip("tritonbn.schema")
+    assert set(data.BENCHMARK_COLUMNS) <= set(schema.BENCH_COLUMNS)
+    assert set(data.CORRECTNESS_COLUMNS) <= set(schema.CORRECTNESS_COLUMNS)
+    assert list(data.PROVENANCE_COLUMNS) == list(schema.PROVENANCE_COLUMNS)

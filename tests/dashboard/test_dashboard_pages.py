@@ -9,7 +9,7 @@ from dashboard_fixtures import PAGES, TITLES, texts
 NON_GRADIENT_PAGES = [p for p in PAGES if p != "gradients"]
 
 
-@pytest.mark.parametrize("folder", ["empty", "missing", "malformed", "good", "correctness_only"])
+@pytest.mark.parametrize("folder", ["empty", "missing", "malformed", "good", "correctness_only", "harness_like"])
 @pytest.mark.parametrize("page", NON_GRADIENT_PAGES)
 def test_page_renders_without_exception(open_page, folders, page, folder):
     at = open_page(page, folders[folder])
@@ -39,6 +39,11 @@ def test_missing_folder_is_an_error(open_page, folders):
     for page in NON_GRADIENT_PAGES:
         at = open_page(page, folders["missing"])
         assert "does not exist" in texts(at.error)
+
+
+def test_a_file_instead_of_a_folder(open_page, folders):
+    at = open_page("overview", folders["good"] / "nvidia-h100" / "2025-01-02_abc1234.csv")
+    assert "is a file, not a folder" in texts(at.error)
 
 
 def test_malformed_files_are_listed(open_page, folders):
@@ -167,3 +172,13 @@ def test_gradients_page(open_page, folders):
     at.radio[1].set_value("float32").run(timeout=120)
     assert not at.exception
     assert (at.dataframe[0].value["max |Δ dx|"] < 1e-4).all()
+
+
+def test_correctness_page_on_harness_output(open_page, folders):
+    at = open_page("correctness", folders["harness_like"])
+    err = texts(at.error)
+    assert "tritonbn: 2 of 57 checks FAILED" in err and "1 raised an error" in err
+    failed = at.dataframe[0].value
+    assert set(failed["result"]) == {"FAILED", "error"} and "RuntimeError: boom" in set(failed["note"])
+    assert "1 check(s) skipped: torch has no detached-statistics batch norm (1)" in texts(at.caption)
+    assert len(at.get("plotly_chart")) == 1
