@@ -57,4 +57,3 @@ def _nan_filled_allocations(monkeypatch):
     monkeypatch.setattr(
         tritonbn.launch.torch, "empty_like", lambda *a, **k: _fill(real_empty_like(*a, **k)), raising=True
     )
-
