@@ -30,6 +30,12 @@ SCRIPT = textwrap.dedent(
     torch.testing.assert_close(dx, dy * (var + 1e-5).rsqrt().reshape(1, 3, 1))
     torch.testing.assert_close(rv, 0.9 * rv_t + 0.1 * x.detach().var((0, 2), unbiased=True))
 
+    # SyncBatchNorm outside torch.distributed: the same CPU batch norm
+    sbn = tritonbn.SyncBatchNorm(3)
+    rm_t, rv_t = torch.zeros(3), torch.ones(3)
+    y_t = F.batch_norm(x, rm_t, rv_t, sbn.weight, sbn.bias, training=True)
+    assert torch.equal(sbn(x), y_t) and torch.equal(sbn.running_var, rv_t)
+
     net = tritonbn.convert_model(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2)))
     net(torch.randn(2, 1, 3, 3)).sum().backward()
     print("fallback ok")

@@ -214,6 +214,13 @@ def _first_order_only(rank: int) -> None:
 
 def _two_ranks(rank: int, world_size: int) -> None:
     _layer_case(rank, "2d-cl-uneven", sizes=(4, 1), tail=(3, 5), layout="channels_last", steps=2)
+    # The one-tensor all_gather that NCCL gets (gloo takes it too in recent torch versions).
+    get_backend = dist.get_backend
+    dist.get_backend = lambda group=None: "nccl"
+    try:
+        _layer_case(rank, "2d-gather-single", sizes=(2, 3), tail=(2, 3))
+    finally:
+        dist.get_backend = get_backend
     _first_order_only(rank)
     _layer_case(rank, "1d-ncl-f32", sizes=(2, 5), tail=(7,), dtype=torch.float32, layer_kwargs={"momentum": 0.3})
     _ddp_case(rank, world_size)

@@ -38,13 +38,15 @@ _custom_bwd = torch.amp.custom_bwd(device_type="cuda")
 
 def _all_gather(t: torch.Tensor, group, world_size: int) -> torch.Tensor:
     """(world_size, numel) stack of ``t`` from every rank of ``group``."""
-    if dist.get_backend(group) == dist.Backend.GLOO:  # gloo has no all_gather_into_tensor
+    if dist.get_backend(group) == dist.Backend.GLOO:  # as torch does: older gloo lacks the one-tensor form
         parts = [torch.empty_like(t) for _ in range(world_size)]
         dist.all_gather(parts, t, group=group)
         return torch.stack(parts)
-    out = torch.empty((world_size, t.numel()), dtype=t.dtype, device=t.device)
-    dist.all_gather_into_tensor(out, t, group=group)
-    return out
+    out = torch.empty(world_size * t.numel(), dtype=t.dtype, device=t.device)
+    # all_gather_single is the newer name of all_gather_into_tensor (deprecated since)
+    gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather_single(out, t, group=group)
+    return out.view(world_size, t.numel())
 
 
 class SyncBatchNormFunction(Function):
