@@ -52,8 +52,10 @@ bench: venv
 check: venv
 	$(TEST_ENV) $(VENV)/bin/tritonbn-check --quick --out $(RESULTS)
 
+# Without CUDA the Gradients page runs tritonbn's kernels in Triton's interpreter (tiny live examples).
 dashboard: venv
-	TRITONBN_RESULTS=$(RESULTS) $(VENV)/bin/streamlit run dashboard/streamlit_app.py \
+	@echo "tritonbn dashboard on $(RESULTS)/ -> http://localhost:$(PORT)"
+	$(TEST_ENV) TRITONBN_RESULTS=$(RESULTS) $(VENV)/bin/streamlit run dashboard/streamlit_app.py \
 		--server.headless true --server.port $(PORT) \
 		--browser.gatherUsageStats false --server.fileWatcherType none
 

@@ -36,6 +36,14 @@ def default_results_dir(argv: list[str] | None = None, environ: dict[str, str] |
     return ns.results or env.get(ENV_VAR) or str(DEFAULT_RESULTS)
 
 
+def shown(root: Path) -> str:
+    """How a folder is shown on the page: relative to the working directory when it is below it."""
+    try:
+        return str(Path(root).relative_to(Path.cwd())) or "."
+    except ValueError:
+        return str(root)
+
+
 def resolve(path: str) -> Path:
     """A user-typed folder: relative paths against the working directory, else against the repository."""
     p = Path(path.strip() or str(DEFAULT_RESULTS)).expanduser()
@@ -58,7 +66,7 @@ def sidebar_results_dir() -> Path:
     )
     root = resolve(st.session_state[RESULTS_KEY])
     n = len(data.csv_files(root))
-    st.sidebar.caption(f"`{root}` — {n} CSV file{'s' if n != 1 else ''}")
+    st.sidebar.caption(f"`{shown(root)}` — {n} CSV file{'s' if n != 1 else ''}")
     if st.sidebar.button("Reload results", help="Results are re-read automatically when a file changes."):
         _load_cached.clear()
     return root
@@ -86,15 +94,15 @@ def load(show_problems: bool = True) -> tuple[Path, data.Results]:
 def problems(root: Path, res: data.Results) -> None:
     if not root.exists():
         st.error(
-            f"Results folder `{root}` does not exist. Set another one in the sidebar, or create it by running "
+            f"Results folder `{shown(root)}` does not exist. Set another one in the sidebar, or create it by running "
             "`tritonbn-bench` / `tritonbn-check`."
         )
         return
     if not root.is_dir():
-        st.error(f"`{root}` is a file, not a folder: set the results folder in the sidebar.")
+        st.error(f"`{shown(root)}` is a file, not a folder: set the results folder in the sidebar.")
         return
     if not res.files:
-        st.info(f"No result files (`*.csv`) in `{root}` yet.")
+        st.info(f"No result files (`*.csv`) in `{shown(root)}` yet.")
         return
     msgs = list(res.problems)
     if not msgs:

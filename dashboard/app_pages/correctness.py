@@ -15,7 +15,7 @@ st.caption(
 root, res = ui.load()
 corr = res.correctness
 if corr.empty:
-    st.info(ui.NO_CORRECTNESS.format(root=root))
+    st.info(ui.NO_CORRECTNESS.format(root=ui.shown(root)))
     st.stop()
 
 c1, c2, c3, c4, c5 = st.columns([2, 2, 2, 2, 2])

@@ -19,7 +19,7 @@ bench = res.benchmarks
 st.header("Performance vs cuDNN")
 timed = bench[bench["ok"].astype(bool)] if len(bench) else bench
 if timed.empty:
-    st.info(ui.NO_BENCHMARKS.format(root=root))
+    st.info(ui.NO_BENCHMARKS.format(root=ui.shown(root)))
 else:
     head = data.headline(bench)
     if head.empty:
@@ -79,7 +79,7 @@ else:
 st.header("Correctness")
 corr = res.correctness
 if corr.empty:
-    st.info(ui.NO_CORRECTNESS.format(root=root))
+    st.info(ui.NO_CORRECTNESS.format(root=ui.shown(root)))
 else:
     rates = data.pass_rates(corr, by=("device", "provider"))
     ours = rates[rates["provider"] == "tritonbn"]

@@ -17,7 +17,7 @@ root, res = ui.load()
 bench = res.benchmarks
 timed = bench[bench["ok"].astype(bool)] if len(bench) else bench
 if timed.empty:
-    st.info(ui.NO_BENCHMARKS.format(root=root))
+    st.info(ui.NO_BENCHMARKS.format(root=ui.shown(root)))
     st.stop()
 
 c1, c2 = st.columns([1, 2])
