@@ -112,12 +112,31 @@ def stats_partial_kernel(
 
 
 @triton.jit
-def _partial_counts(count_p_ptr, offs_p, m_p, R, HAS_COUNTS: tl.constexpr, ROWS_PER_PARTIAL: tl.constexpr, ACC):
+def _partial_block(
+    mean_p_ptr,
+    count_p_ptr,
+    p_start,
+    offs_c,
+    m_c,
+    P,
+    R,
+    C,
+    HAS_COUNTS: tl.constexpr,
+    ROWS_PER_PARTIAL: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """Counts (BLOCK_P,), means (BLOCK_P, BLOCK_C), mask and offsets of the partials from ``p_start`` on."""
+    offs_p = p_start + tl.arange(0, BLOCK_P).to(tl.int64)
+    m_p = offs_p < P
     if HAS_COUNTS:
         cnt = tl.load(count_p_ptr + offs_p, mask=m_p, other=0).to(ACC)
     else:
         cnt = tl.where(m_p, tl.minimum(R - offs_p * ROWS_PER_PARTIAL, ROWS_PER_PARTIAL), 0).to(ACC)
-    return cnt
+    mask = m_p[:, None] & m_c[None, :]
+    offs = offs_p[:, None] * C + offs_c[None, :]
+    mp = tl.load(mean_p_ptr + offs, mask=mask, other=0.0).to(ACC)
+    return cnt, mp, mask, offs
 
 
 @triton.jit
@@ -153,21 +172,17 @@ def stats_merge_kernel(
     m0 = tl.load(mean_p_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
     acc = tl.zeros([BLOCK_C], dtype=ACC)
     for p_start in range(0, P, BLOCK_P):
-        offs_p = p_start + tl.arange(0, BLOCK_P).to(tl.int64)
-        m_p = offs_p < P
-        cnt = _partial_counts(count_p_ptr, offs_p, m_p, R, HAS_COUNTS, ROWS_PER_PARTIAL, ACC)
-        mask = m_p[:, None] & m_c[None, :]
-        mp = tl.load(mean_p_ptr + offs_p[:, None] * C + offs_c[None, :], mask=mask, other=0.0)
+        cnt, mp, mask, _ = _partial_block(
+            mean_p_ptr, count_p_ptr, p_start, offs_c, m_c, P, R, C, HAS_COUNTS, ROWS_PER_PARTIAL, BLOCK_P, ACC
+        )
         acc += tl.sum(tl.where(mask, cnt[:, None] * (mp - m0[None, :]), 0.0), axis=0)
     mean = m0 + acc / R
     m2 = tl.zeros([BLOCK_C], dtype=ACC)
     for p_start in range(0, P, BLOCK_P):
-        offs_p = p_start + tl.arange(0, BLOCK_P).to(tl.int64)
-        m_p = offs_p < P
-        cnt = _partial_counts(count_p_ptr, offs_p, m_p, R, HAS_COUNTS, ROWS_PER_PARTIAL, ACC)
-        mask = m_p[:, None] & m_c[None, :]
-        mp = tl.load(mean_p_ptr + offs_p[:, None] * C + offs_c[None, :], mask=mask, other=0.0)
-        m2p = tl.load(m2_p_ptr + offs_p[:, None] * C + offs_c[None, :], mask=mask, other=0.0)
+        cnt, mp, mask, offs = _partial_block(
+            mean_p_ptr, count_p_ptr, p_start, offs_c, m_c, P, R, C, HAS_COUNTS, ROWS_PER_PARTIAL, BLOCK_P, ACC
+        )
+        m2p = tl.load(m2_p_ptr + offs, mask=mask, other=0.0).to(ACC)
         dm = mp - mean[None, :]
         m2 += tl.sum(tl.where(mask, m2p + cnt[:, None] * dm * dm, 0.0), axis=0)
     var = m2 / R
