@@ -69,6 +69,18 @@ def ncs_view(t: torch.Tensor) -> NCS:
     return NCS(t, t.shape[0], t.shape[1], S, t.stride(0), t.stride(1), stride_s)
 
 
+def _empty_output(like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``torch.empty_like(like)`` (same memory format), unless its spatial dims would not collapse to one
+    stride (a dense input with permuted spatial dims): then channels_last or contiguous, as torch suggests."""
+    out = torch.empty_like(like, dtype=dtype)
+    if _collapse_spatial(out) is None:
+        fmt = torch.contiguous_format
+        if _is_channels_last(like) and like.dim() in (4, 5):
+            fmt = torch.channels_last if like.dim() == 4 else torch.channels_last_3d
+        out = torch.empty_like(like, dtype=dtype, memory_format=fmt)
+    return out
+
+
 def _is_channels_last(t: torch.Tensor) -> bool:
     return t.dim() >= 3 and t.stride(1) == 1 and t.shape[1] > 1
 
@@ -112,8 +124,13 @@ def _tiles_for(view: NCS) -> Tiles:
     return _tiles(R, view.C, channels_inner)
 
 
-def _grid(R: int, C: int, tiles: Tiles) -> tuple[int, int]:
-    return triton.cdiv(R, tiles.BLOCK_R), triton.cdiv(C, tiles.BLOCK_C)
+def _row_blocks(R: int, tiles: Tiles) -> int:
+    return triton.cdiv(R, tiles.BLOCK_R)
+
+
+def _grid(R: int, C: int, tiles: Tiles) -> tuple[int]:
+    """A flat grid of (row-block, channel-block) tiles; the kernels unflatten it (see ``_tile``)."""
+    return (_row_blocks(R, tiles) * triton.cdiv(C, tiles.BLOCK_C),)
 
 
 def _per_channel(t: torch.Tensor | None, acc: torch.dtype) -> torch.Tensor | None:
@@ -130,7 +147,7 @@ def batch_stats(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor
     acc = acc_dtype(x.dtype)
     tiles = _tiles_for(view)
     grid = _grid(R, C, tiles)
-    P = grid[0]
+    P = _row_blocks(R, tiles)
     mean_p = torch.empty((P, C), dtype=acc, device=x.device)
     m2_p = torch.empty((P, C), dtype=acc, device=x.device)
     stats_partial_kernel[grid](
@@ -169,7 +186,6 @@ def merge_stats(
     acc = mean_p.dtype
     mean = torch.empty(C, dtype=acc, device=mean_p.device)
     var = torch.empty_like(mean)
-    invstd = torch.empty_like(mean)
     block_c = min(triton.next_power_of_2(C), 64)
     block_p = max(1, min(triton.next_power_of_2(P), 4096 // block_c))
     stats_merge_kernel[(triton.cdiv(C, block_c),)](
@@ -178,17 +194,18 @@ def merge_stats(
         count_p.contiguous() if count_p is not None else None,
         mean,
         var,
-        invstd,
         P,
         total,
         C,
-        eps,
         HAS_COUNTS=count_p is not None,
         ROWS_PER_PARTIAL=rows_per_partial,
         BLOCK_P=block_p,
         BLOCK_C=block_c,
         ACC=_tl_acc(acc),
     )
+    # O(C), in torch: IEEE sqrt and division, and eps in the accumulation dtype (a float kernel argument
+    # would be passed as float32 on CUDA even for float64 inputs).
+    invstd = 1.0 / torch.sqrt(var + eps)
     return mean, var, invstd
 
 
@@ -213,7 +230,7 @@ def channel_sums(
     R, C = uv.N * uv.S, uv.C
     tiles = _tiles_for(uv)
     grid = _grid(R, C, tiles)
-    P = grid[0]
+    P = _row_blocks(R, tiles)
     sum_u_p = torch.empty((P, C), dtype=acc, device=u.device) if want_sum_u else None
     sum_uv_p = torch.empty((P, C), dtype=acc, device=u.device) if v is not None else None
     mu_u, mu_v = _per_channel(mu_u, acc), _per_channel(mu_v, acc)
@@ -276,13 +293,11 @@ def channel_affine(
     ``gate`` zeroes ``t1`` (or, with ``gate_output``, the result) where ``gate <= 0``.
     """
     dtype = dtype or like.dtype
-    out = torch.empty_like(like, dtype=dtype)
+    out = _empty_output(like, dtype)
     if out.numel() == 0:
         return out
     acc = acc_dtype(dtype if t1 is None else torch.promote_types(dtype, t1.dtype))
     ov = ncs_view(out)
-    if ov.tensor is not out:  # empty_like of a non-dense tensor is dense, so this does not happen
-        raise AssertionError("output tensor is not addressable as (N, C, S)")
     v1 = ncs_view(t1) if t1 is not None else ov
     v2 = ncs_view(t2) if t2 is not None else ov
     gv = ncs_view(gate) if gate is not None else ov

@@ -7,9 +7,11 @@ channels_last tensors, and many non-contiguous views, without copies: the launch
 shape (a tall ``BLOCK_R x 1`` column when channels are outermost, a ``BLOCK_R x BLOCK_C`` tile when they
 are innermost) and passes the strides.
 
-Programs are laid out on a (row-blocks, channel-blocks) grid, so a layer with few channels still fills the
-GPU. Reductions write per-row-block partials and are finished by a second, O(C * row-blocks), kernel or by
-a torch sum over the partials: no atomics, so results are bit-for-bit deterministic.
+Programs cover (row-block, channel-block) tiles, numbered on a flat 1-d grid (CUDA's y and z grid axes
+stop at 65535 blocks), so a layer with few channels still fills the GPU and one with very many, or a
+tensor beyond 2^31 elements, still launches. Reductions write per-row-block partials and are finished by
+a second, O(C * row-blocks), kernel or by a torch sum over the partials: no atomics, so results are
+bit-for-bit deterministic.
 
 Kernels have no side effects beyond their outputs; running statistics are updated by the caller.
 """
@@ -26,9 +28,11 @@ def _tile(
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    """Row/channel offsets and masks of this program's tile, in int64."""
-    pid_r = tl.program_id(0).to(tl.int64)
-    pid_c = tl.program_id(1).to(tl.int64)
+    """Row/channel offsets and masks of this program's tile, in int64 (channel blocks vary fastest)."""
+    pid = tl.program_id(0).to(tl.int64)
+    num_pid_c = tl.cdiv(C, BLOCK_C)
+    pid_r = pid // num_pid_c
+    pid_c = pid - pid_r * num_pid_c
     offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
     m_r = offs_r < R
@@ -146,11 +150,9 @@ def stats_merge_kernel(
     count_p_ptr,
     mean_ptr,
     var_ptr,
-    invstd_ptr,
     P,
     R,
     C,
-    eps,
     HAS_COUNTS: tl.constexpr,
     ROWS_PER_PARTIAL: tl.constexpr,
     BLOCK_P: tl.constexpr,
@@ -161,7 +163,7 @@ def stats_merge_kernel(
 
     mean = m_0 + Σ n_p (m_p - m_0) / R   (shifted by the first partial's mean)
     M2   = Σ M2_p + Σ n_p (m_p - mean)²
-    and write mean, the biased variance M2 / R and 1 / sqrt(var + eps).
+    and write the mean and the biased variance M2 / R.
 
     Partial p covers ``count_p[p]`` elements when HAS_COUNTS (e.g. one partial per rank, some possibly
     empty), else ROWS_PER_PARTIAL (the last one the remainder of R).
@@ -188,11 +190,6 @@ def stats_merge_kernel(
     var = m2 / R
     tl.store(mean_ptr + offs_c, mean, mask=m_c)
     tl.store(var_ptr + offs_c, var, mask=m_c)
-    if ACC == tl.float64:  # noqa: SIM108, SIM300 (a constexpr branch; Triton has no static ternary)
-        std = tl.sqrt(var + eps)  # IEEE-rounded for float64
-    else:
-        std = tl.sqrt_rn(var + eps)  # tl.sqrt is an approximation for float32 on GPUs
-    tl.store(invstd_ptr + offs_c, 1.0 / std, mask=m_c)
 
 
 @triton.jit
