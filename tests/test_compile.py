@@ -62,3 +62,15 @@ def test_custom_ops_pass_opcheck(kernels):
     ):
         torch.library.opcheck(ops.batch_norm_forward, args)
     assert torch.equal(rm, torch.zeros(3, device=kernels))  # the op itself never mutates its inputs
+
+
+def test_compiled_layer_with_weight_but_no_bias(kernels):
+    torch._dynamo.reset()
+    m = tritonbn.BatchNorm2d(3, bias=False).to(kernels)
+    ref = nn.BatchNorm2d(3, bias=False).to(kernels)
+    x = torch.randn(2, 3, 2, 2, device=kernels, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    torch.compile(m, backend="aot_eager", fullgraph=True)(x).pow(2).sum().backward()
+    ref(x_ref).pow(2).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(m.weight.grad, ref.weight.grad, atol=1e-4, rtol=1e-4)

@@ -67,3 +67,35 @@ def test_only_running_stats_are_written(kernels):
         assert torch.equal(before, t.detach())
     assert torch.equal(dy, dy0)
     assert not torch.equal(rm, torch.zeros(3, device=kernels)) and not torch.equal(rv, torch.ones(3, device=kernels))
+
+
+MORE_BAD_CALLS = {
+    "running_mean-only-train": lambda x: ((x, None, _ones(3)), {"training": True}),
+    "running_var-only-train": lambda x: ((x, _ones(3), None), {"training": True}),
+    "momentum-none": lambda x: ((x, _ones(3), _ones(3)), {"training": True, "momentum": None}),
+    "one-dim-input-eval": lambda x: ((x[0, 0], _ones(5), _ones(5)), {}),
+    "two-dim-running-mean": lambda x: ((x, torch.zeros(1, 3), _ones(3)), {"training": True}),
+    "half-input-double-stats": lambda x: ((x.half(), _ones(3, torch.float64), _ones(3, torch.float64)), {}),
+    "double-input-float-weight": lambda x: (
+        (x.double(), _ones(3, torch.float64), _ones(3, torch.float64)),
+        {"weight": _ones(3)},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MORE_BAD_CALLS))
+def test_more_functional_errors_match_torch(kernels, case):
+    x = torch.randn(4, 3, 5)
+    args, kwargs = MORE_BAD_CALLS[case](x)
+    with pytest.raises(Exception) as theirs:
+        F.batch_norm(*args, **kwargs)
+    with pytest.raises(type(theirs.value), match=re.escape(str(theirs.value))):
+        tritonbn.batch_norm(*args, **kwargs)
+
+
+def test_mixed_precision_parameters_are_accepted(kernels):
+    """fp16/bf16 input with float32 parameters and statistics is the mixed-precision case torch allows."""
+    for dtype in (torch.float16, torch.bfloat16):
+        x = torch.randn(4, 3, 5, device=kernels, dtype=dtype)
+        y = tritonbn.batch_norm(x, torch.zeros(3, device=kernels), torch.ones(3, device=kernels), training=True)
+        assert y.dtype == dtype

@@ -164,3 +164,34 @@ def test_empty_batch(kernels):
     y.sum().backward()
     assert x.grad.shape == x.shape
     assert torch.equal(rm, torch.zeros(3, device=kernels)) and torch.equal(rv, torch.ones(3, device=kernels))
+
+
+def test_dense_input_with_permuted_spatial_dims(kernels):
+    """A (B, C, T, F) tensor transposed to (B, C, F, T) is dense but its spatial dims do not collapse."""
+    x = torch.randn(2, 3, 4, 5, device=kernels).transpose(2, 3).requires_grad_()
+    y = tritonbn.batch_norm(x, None, None, training=True)
+    assert_close(y, reference.batch_norm(x.detach(), None, None, training=True), torch.float32, "y")
+    dy = torch.randn_like(y)
+    (dx,) = torch.autograd.grad(y, x, dy)
+    mean, var, _ = reference.batch_norm_stats(x.detach())
+    dx_ref, _, _ = reference.batch_norm_backward(dy, x.detach(), None, mean, torch.rsqrt(var + 1e-5))
+    assert_close(dx, dx_ref, torch.float32, "dx")
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_bias_without_weight_gets_its_gradient(kernels, training):
+    x = torch.randn(4, 3, 5, device=kernels, requires_grad=True)
+    b = torch.randn(3, device=kernels, requires_grad=True)
+    rm, rv = torch.zeros(3, device=kernels), torch.ones(3, device=kernels)
+    y = tritonbn.batch_norm(x, rm, rv, None, b, training=training)
+    dy = torch.randn_like(y)
+    (db,) = torch.autograd.grad(y, b, dy)
+    assert_close(db, dy.sum((0, 2)), torch.float32, "dbias")
+
+
+def test_empty_batch_keeps_parameters_in_the_graph(kernels):
+    x = torch.randn(0, 3, 4, device=kernels, requires_grad=True)
+    w = torch.ones(3, device=kernels, requires_grad=True)
+    b = torch.zeros(3, device=kernels, requires_grad=True)
+    tritonbn.batch_norm(x, None, None, w, b, training=True).sum().backward()
+    assert torch.equal(w.grad, torch.zeros(3, device=kernels)) and torch.equal(b.grad, torch.zeros(3, device=kernels))

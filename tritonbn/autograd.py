@@ -138,6 +138,7 @@ def backward_kernels(
     need_weight: bool = True,
     need_bias: bool = True,
     relu_output: torch.Tensor | None = None,
+    bias_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Fused first-order backward: ``(dx, dweight, dbias)``; not differentiable.
 
@@ -149,14 +150,14 @@ def backward_kernels(
         dx      = w·invstd·dy - w·invstd³·(x - mean)·Σ dy·(x - mean) / M - w·invstd·Σ dy / M   (stats_grad)
         dx      = w·invstd·dy                                                                 (otherwise)
 
-    With ``relu_output`` (the output y of a fused batch norm + ReLU) every dy above is dy·[y > 0], applied
-    inside the kernels. One kernel pass computes both sums (skipped when nothing needs them), one pass
-    writes dx.
+    ``dweight`` is computed only with a ``weight`` (in its dtype); ``dbias`` when ``need_bias``, in
+    ``bias_dtype`` (default: the weight's dtype, else the accumulation dtype). With ``relu_output`` (the
+    output y of a fused batch norm + ReLU) every dy above is dy·[y > 0], applied inside the kernels. One
+    kernel pass computes both sums (skipped when nothing needs them), one pass writes dx.
     """
     acc = launch.acc_dtype(x.dtype)
     has_weight = weight is not None
     need_weight = need_weight and has_weight
-    need_bias = need_bias and has_weight
     gate = relu_output
     sum_dy = sum_dy_xmu = None
     if (need_input and stats_grad) or need_weight or need_bias:
@@ -182,7 +183,7 @@ def backward_kernels(
     if need_weight:
         dweight = (sum_dy_xmu * invstd).to(weight.dtype)
     if need_bias:
-        dbias = sum_dy.to(weight.dtype)
+        dbias = sum_dy.to(bias_dtype or (weight.dtype if has_weight else acc))
     return dx, dweight, dbias
 
 
@@ -260,6 +261,7 @@ class BatchNormFunction(Function):
             need_weight=need_w,
             need_bias=need_b,
             relu_output=y,
+            bias_dtype=bias.dtype if bias is not None else None,
         )
         dres = None
         if need_res:

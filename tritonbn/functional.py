@@ -46,7 +46,9 @@ def _check_inputs(input, running_mean, running_var, weight, bias, training, eps)
         raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
     if eps < 0.0:
         raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
-    if input.dim() < 2:
+    if training and (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must either both be None or neither be None")
+    if input.dim() < 2 and training:
         # torch indexes the channel dimension and fails with IndexError; let it say so in its own words.
         input.size(1)
     if input.dtype not in _SUPPORTED_DTYPES:
@@ -54,21 +56,27 @@ def _check_inputs(input, running_mean, running_var, weight, bias, training, eps)
         raise NotImplementedError(f"\"batch_norm\" not implemented for '{name}'")
     if not training and (running_mean is None or running_var is None):
         raise RuntimeError(f"running_{'mean' if running_mean is None else 'var'} must be defined in evaluation mode")
-    channels = input.size(1)
-    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
+    channels = input.size(1) if input.dim() > 1 else 0
+    params = (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias))
+    for name, t in params:
         if t is not None and t.numel() != channels:
             raise RuntimeError(f"{name} should contain {channels} elements not {t.numel()}")
-    for t in (weight, bias, running_mean, running_var):
-        if t is None:
-            continue
+    defined = [t for _, t in params if t is not None]
+    for t in defined:
+        if t.dim() != 1:
+            raise RuntimeError(f"TensorAccessor expected 1 dims but tensor has {t.dim()}")
         if t.device != input.device:
             raise RuntimeError(
                 f"Expected all tensors to be on the same device, but found at least two devices, "
                 f"{input.device} and {t.device}!"
             )
-        if t.dtype != input.dtype and not (t.dtype == torch.float32 and input.dtype in (torch.float16, torch.bfloat16)):
-            if input.dtype == torch.float32:
-                raise RuntimeError("mixed dtype (CPU): expect parameter to have scalar type of Float")
+    # torch's mixed-dtype rule: parameters (weight, bias, running stats) either take the input's dtype, or
+    # are all float32 with a float16/bfloat16 input (mixed precision). The first defined one decides.
+    first = next((t for t in (weight, bias, running_mean, running_var) if t is not None), None)
+    if first is not None and first.dtype != input.dtype:
+        if any(t.dtype != torch.float32 for t in defined):
+            raise RuntimeError("mixed dtype (CPU): expect parameter to have scalar type of Float")
+        if input.dtype not in (torch.float16, torch.bfloat16):
             raise RuntimeError("mixed dtype (CPU): all inputs must share same datatype.")
 
 
@@ -132,6 +140,8 @@ def batch_norm_relu(
 def _batch_norm(
     input, running_mean, running_var, weight, bias, training, momentum, eps, detach_stats, residual=None, relu=False
 ):
+    if not isinstance(momentum, (int, float)):
+        raise TypeError(f"batch_norm(): argument 'momentum' (position 7) must be float, not {type(momentum).__name__}")
     _check_inputs(input, running_mean, running_var, weight, bias, training, eps)
     if not uses_triton(input):
         y = _torch_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, detach_stats)
@@ -139,7 +149,7 @@ def _batch_norm(
             y = y + residual
         return torch.relu(y) if relu else y
     if input.numel() == 0:
-        return input.clone()
+        return _empty_batch(input, weight, bias, residual)
     if torch.compiler.is_compiling():
         return ops.compiled_batch_norm(
             input, running_mean, running_var, weight, bias, training, momentum, eps, detach_stats, residual, relu
@@ -147,6 +157,16 @@ def _batch_norm(
     return autograd.BatchNormFunction.apply(
         input, weight, bias, running_mean, running_var, training, momentum, eps, detach_stats, residual, relu
     )
+
+
+def _empty_batch(input, weight, bias, residual):
+    """An empty output that keeps weight, bias and residual in the graph (zero gradients), as torch's does."""
+    shape = [1, -1] + [1] * (input.dim() - 2)
+    out = input.clone()
+    for p in (weight, bias):
+        if p is not None:
+            out = out + (p.reshape(shape) * 0).to(input.dtype)
+    return out if residual is None else out + residual
 
 
 def _torch_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, detach_stats):
@@ -190,5 +210,11 @@ def batch_norm_backward(
     acc = launch.acc_dtype(input.dtype)
     with torch.no_grad():
         return autograd.backward_kernels(
-            grad_output, input, weight, save_mean.to(acc), save_invstd.to(acc), stats_grad=training
+            grad_output,
+            input,
+            weight,
+            save_mean.to(acc),
+            save_invstd.to(acc),
+            stats_grad=training,
+            need_bias=weight is not None,
         )

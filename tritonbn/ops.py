@@ -77,10 +77,11 @@ def batch_norm_backward(
     invstd: Tensor,
     relu_output: Optional[Tensor],
     stats_grad: bool,
+    need_bias: bool,
     need_residual: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     dx, dweight, dbias = autograd.backward_kernels(
-        grad_output, x, weight, mean, invstd, stats_grad=stats_grad, relu_output=relu_output
+        grad_output, x, weight, mean, invstd, stats_grad=stats_grad, need_bias=need_bias, relu_output=relu_output
     )
     dres = x.new_empty(0)
     if need_residual:
@@ -97,10 +98,12 @@ def batch_norm_backward(
 
 
 @batch_norm_backward.register_fake
-def _(grad_output, x, weight, mean, invstd, relu_output, stats_grad, need_residual):
+def _(grad_output, x, weight, mean, invstd, relu_output, stats_grad, need_bias, need_residual):
     dw = torch.empty_like(weight) if weight is not None else x.new_empty(0)
+    bias_dtype = weight.dtype if weight is not None else launch.acc_dtype(x.dtype)
+    db = x.new_empty(x.shape[1], dtype=bias_dtype) if need_bias else x.new_empty(0)
     dres = torch.empty_like(x) if need_residual else x.new_empty(0)
-    return torch.empty_like(x), dw, torch.empty_like(dw), dres
+    return torch.empty_like(x), dw, db, dres
 
 
 def _setup_context(ctx, inputs, output):
@@ -109,19 +112,20 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, weight, mean, invstd, y if relu else None)
     ctx.stats_grad = training and not detach_stats
     ctx.has_residual = residual is not None
+    ctx.bias_dtype = bias.dtype if bias is not None else None
     ctx.set_materialize_grads(True)
 
 
 def _backward(ctx, grad_y, _grad_mean, _grad_invstd, _grad_new_mean, _grad_new_var):
     x, weight, mean, invstd, relu_output = ctx.saved_tensors
+    has_bias = ctx.bias_dtype is not None
     dx, dweight, dbias, dres = batch_norm_backward(
-        grad_y, x, weight, mean, invstd, relu_output, ctx.stats_grad, ctx.has_residual
+        grad_y, x, weight, mean, invstd, relu_output, ctx.stats_grad, has_bias, ctx.has_residual
     )
-    has_weight = weight is not None
     return (
         dx,
-        dweight if has_weight else None,
-        dbias if has_weight else None,
+        dweight if weight is not None else None,
+        dbias.to(ctx.bias_dtype) if has_bias else None,
         None,
         None,
         dres if ctx.has_residual else None,
