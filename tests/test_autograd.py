@@ -154,3 +154,20 @@ def test_gradient_penalty_through_weight_only(kernels):
         return ddw
 
     assert_close(penalty_grad(tritonbn.batch_norm), penalty_grad(reference.batch_norm), torch.float64, "grad2")
+
+
+def test_torch_func_grad_and_grad_of_grad(kernels):
+    """torch.func.grad (functorch) works, nested too; the Functions use setup_context for it."""
+    x = make_input((5, 3, 4), torch.float64, kernels)
+    w = torch.rand(3, dtype=torch.float64, device=kernels) + 0.5
+
+    def loss(bn):
+        return lambda x: (bn(x, None, None, w, None, training=True) ** 3).sum()
+
+    def grad_norm(bn):
+        return lambda x: torch.func.grad(loss(bn))(x).pow(2).sum()
+
+    for fn in (loss, grad_norm):
+        got = torch.func.grad(fn(tritonbn.batch_norm))(x)
+        want = torch.func.grad(fn(reference.batch_norm))(x)
+        assert_close(got, want, torch.float64, "dx" if fn is loss else "ddx")

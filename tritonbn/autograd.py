@@ -22,8 +22,9 @@ from tritonbn import launch
 
 __all__ = ["BatchNormFunction", "backward_kernels", "channel_affine", "channel_sum"]
 
-_custom_fwd = torch.amp.custom_fwd(device_type="cuda")
-_custom_bwd = torch.amp.custom_bwd(device_type="cuda")
+# Autocast: batch norm runs in its input's dtype under torch.autocast, as torch's does, and nothing here is
+# autocast-sensitive (Triton kernels and per-channel elementwise ops), so the Functions need neither
+# torch.amp.custom_fwd nor custom_bwd (which would also rule out the setup_context form torch.func needs).
 
 
 def _count(t: torch.Tensor) -> int:
@@ -35,13 +36,16 @@ class _ChannelSum(Function):
     """Σ (t1 - mu1)·(t2 - mu2) per channel (``t2`` optional: then Σ (t1 - mu1))."""
 
     @staticmethod
-    def forward(ctx, t1, mu1, t2, mu2):
-        ctx.save_for_backward(t1, mu1, t2, mu2)
+    def forward(t1, mu1, t2, mu2):
         if t2 is None:
             out, _ = launch.channel_sums(t1, mu1, want_sum_u=True)
         else:
             _, out = launch.channel_sums(t1, mu1, t2, mu2)
         return out
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
 
     @staticmethod
     def backward(ctx, g):
@@ -73,9 +77,13 @@ class _ChannelAffine(Function):
     """
 
     @staticmethod
-    def forward(ctx, like, t1, mu1, a1, t2, mu2, a2, g, gate):
-        ctx.save_for_backward(t1, mu1, a1, t2, mu2, a2, gate)
+    def forward(like, t1, mu1, a1, t2, mu2, a2, g, gate):
         return launch.channel_affine(like, t1, mu1, a1, t2, mu2, a2, g, gate=gate, gate_output=True)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        like, t1, mu1, a1, t2, mu2, a2, g, gate = inputs
+        ctx.save_for_backward(t1, mu1, a1, t2, mu2, a2, gate)
 
     @staticmethod
     def backward(ctx, go):
@@ -207,15 +215,15 @@ def forward_kernels(x, weight, bias, running_mean, running_var, use_batch_stats,
 
 
 class BatchNormFunction(Function):
-    """y = act((x - mean)·weight·invstd + bias [+ residual]), with batch or running statistics.
+    """(y, mean, invstd) with y = act((x - mean)·weight·invstd + bias [+ residual]), batch or running stats.
 
-    ``act`` is the identity or, with ``relu``, a fused ReLU (the ResNet block's bn -> add -> relu).
+    ``act`` is the identity or, with ``relu``, a fused ReLU (the ResNet block's bn -> add -> relu). ``mean``
+    and ``invstd`` are the statistics used (not differentiable). Written with ``setup_context`` so that
+    ``torch.func`` transforms work too.
     """
 
     @staticmethod
-    @_custom_fwd
     def forward(
-        ctx,
         x,
         weight,
         bias,
@@ -233,75 +241,86 @@ class BatchNormFunction(Function):
         )
         if use_batch_stats:
             _update_running_stats(running_mean, running_var, mean, var, _count(x), momentum)
+        return y, mean, invstd
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, _, _, use_batch_stats, _, eps, detach_stats, *rest = inputs
+        residual = rest[0] if rest else None
+        relu = rest[1] if len(rest) > 1 else False
+        y, mean, invstd = output
         ctx.save_for_backward(x, weight, bias, mean, invstd, residual, y if relu else None)
+        ctx.mark_non_differentiable(mean, invstd)
         ctx.stats_grad = use_batch_stats and not detach_stats
         ctx.eps = eps
         ctx.relu = relu
-        if relu:
-            ctx.mark_non_differentiable()  # y is differentiable; nothing else is returned
-        return y
 
     @staticmethod
-    @_custom_bwd
-    def backward(ctx, grad_output):
+    def backward(ctx, grad_output, _grad_mean=None, _grad_invstd=None):
         x, weight, bias, mean, invstd, residual, y = ctx.saved_tensors
         needs = ctx.needs_input_grad
         need_x, need_w, need_b = needs[:3]
         need_res = len(needs) > 9 and needs[9]
         if torch.is_grad_enabled():
-            return _differentiable_backward(ctx, grad_output, x, weight, bias, mean, invstd, residual, needs)
-        dx, dw, db = backward_kernels(
-            grad_output,
-            x,
-            weight,
-            mean,
-            invstd,
-            stats_grad=ctx.stats_grad,
-            need_input=need_x,
-            need_weight=need_w,
-            need_bias=need_b,
-            relu_output=y,
-            bias_dtype=bias.dtype if bias is not None else None,
-        )
-        dres = None
-        if need_res:
-            ones = torch.ones_like(invstd)
-            dres = launch.channel_affine(residual, grad_output, None, ones, gate=y) if ctx.relu else grad_output
+            grads = _differentiable_backward(ctx, grad_output, x, weight, bias, mean, invstd, y, needs[:3], need_res)
+        else:
+            dx, dw, db = backward_kernels(
+                grad_output,
+                x,
+                weight,
+                mean,
+                invstd,
+                stats_grad=ctx.stats_grad,
+                need_input=need_x,
+                need_weight=need_w,
+                need_bias=need_b,
+                relu_output=y,
+                bias_dtype=bias.dtype if bias is not None else None,
+            )
+            dres = None
+            if need_res:
+                ones = torch.ones_like(invstd)
+                dres = launch.channel_affine(residual, grad_output, None, ones, gate=y) if ctx.relu else grad_output
+            grads = (dx, dw, db, dres)
+        dx, dw, db, dres = grads
         return (dx, dw, db, None, None, None, None, None, None, dres, None)[: len(needs)]
 
 
-def _differentiable_backward(ctx, grad_output, x, weight, bias, mean, invstd, residual, needs):
-    """Backward as a differentiable graph of the two primitives (for ``create_graph=True``)."""
+def _differentiable_backward(ctx, grad_output, x, weight, bias, mean, invstd, y, needs, need_res):
+    """The backward's closed form written with the differentiable primitives (for ``create_graph=True``).
+
+    In train mode the statistics are re-derived from ``x`` around the saved mean c0 (mean = c0 + Σ(x - c0)/M,
+    var = Σ(x - c0)²/M - (Σ(x - c0)/M)², accurate since x - c0 is centred), so that the gradient carries
+    their dependence on ``x`` into every higher order. The ReLU mask [y > 0] is piecewise constant.
+    """
+    need_x, need_w, need_b = needs
     acc = launch.acc_dtype(x.dtype)
-    tensors = (x, weight, bias, residual)
-    flags = (*needs[:3], len(needs) > 9 and needs[9])
-    inputs = [t for t, need in zip(tensors, flags, strict=True) if need]
-    grads = iter(())
-    if inputs:
-        with torch.enable_grad():
-            if ctx.stats_grad:
-                # Batch statistics re-derived from x around the saved mean c0: the mean is c0 + Σ(x - c0)/M
-                # and the variance Σ(x - c0)²/M - (Σ(x - c0)/M)², both accurate since x - c0 is centred.
-                count = _count(x)
-                delta = channel_sum(x, mean) / count
-                var = channel_sum(x, mean, x, mean) / count - delta * delta
-                mu = mean + delta
-                r = torch.rsqrt(var + ctx.eps)
-            else:
-                mu, r = mean, invstd  # constants: running statistics, or detached batch statistics
-            scale = r * weight.to(acc) if weight is not None else r
-            shift = bias.to(acc) if bias is not None else None
-            ones = torch.ones_like(r) if residual is not None else None
-            y = channel_affine(x, x, mu, scale, residual, None, ones, shift)
-            if ctx.relu:
-                y = channel_affine(y, y, None, torch.ones_like(r), gate=y.detach())
-            grads = iter(torch.autograd.grad(y, inputs, grad_output, create_graph=True, allow_unused=True))
-    out = []
-    for t, need in zip(tensors, flags, strict=True):
-        g = next(grads) if need else None
-        out.append(torch.zeros_like(t) if need and g is None else g)
-    dx, dw, db, dres = out
-    return (dx, dw, db, None, None, None, None, None, None, dres, None)[: len(needs)]
+    g = grad_output
+    if ctx.relu:
+        g = channel_affine(g, g, None, torch.ones_like(invstd), gate=y.detach())
+    if ctx.stats_grad:
+        count = _count(x)
+        delta = channel_sum(x, mean) / count
+        var = channel_sum(x, mean, x, mean) / count - delta * delta
+        mu = mean + delta
+        r = torch.rsqrt(var + ctx.eps)
+    else:
+        mu, r = mean, invstd  # constants: running statistics, or detached batch statistics
+    scale = r * weight.to(acc) if weight is not None else r
+    sum_g = channel_sum(g) if need_b or (need_x and ctx.stats_grad) else None
+    sum_g_xmu = channel_sum(g, None, x, mu) if (need_w and weight is not None) or (need_x and ctx.stats_grad) else None
+    dx = dw = db = None
+    if need_x:
+        if ctx.stats_grad:
+            count = _count(x)
+            dx = channel_affine(x, g, None, scale, x, mu, -scale * r * r * sum_g_xmu / count, -scale * sum_g / count)
+        else:
+            dx = channel_affine(x, g, None, scale)
+    if need_w and weight is not None:
+        dw = (r * sum_g_xmu).to(weight.dtype)
+    if need_b and bias is not None:
+        db = sum_g.to(bias.dtype)
+    return dx, dw, db, (g if need_res else None)
 
 
 def _update_running_stats(running_mean, running_var, mean, var, count, momentum):

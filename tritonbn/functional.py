@@ -154,9 +154,10 @@ def _batch_norm(
         return ops.compiled_batch_norm(
             input, running_mean, running_var, weight, bias, training, momentum, eps, detach_stats, residual, relu
         )
-    return autograd.BatchNormFunction.apply(
+    y, _, _ = autograd.BatchNormFunction.apply(
         input, weight, bias, running_mean, running_var, training, momentum, eps, detach_stats, residual, relu
     )
+    return y
 
 
 def _empty_batch(input, weight, bias, residual):
