@@ -8,9 +8,10 @@ Triton primitives whose own backwards are made of the same two primitives, so ev
 * :func:`channel_sum` -- per-channel ``Σ (t1 - mu1)·(t2 - mu2)`` over N and the spatial dims;
 * :func:`channel_affine` -- elementwise ``a1[c]·(t1 - mu1[c]) + a2[c]·(t2 - mu2[c]) + g[c]``.
 
-In that mode the backward recomputes the forward from these primitives (the batch statistics re-derived
-from ``x`` around the saved mean, so that they carry their dependence on ``x``) and lets autograd
-differentiate it. All per-channel (C,) arithmetic in between is ordinary torch.
+In that mode the backward evaluates its closed form with these primitives, the batch statistics re-derived
+from ``x`` around the saved mean so that they carry their dependence on ``x``; autograd differentiates that
+graph to any order. All per-channel (C,) arithmetic in between is ordinary torch. The Functions use the
+``setup_context`` form, so ``torch.func.grad`` works as well.
 """
 
 from __future__ import annotations
