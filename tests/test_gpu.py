@@ -83,3 +83,37 @@ def test_more_than_2_pow_31_elements():
     (dx,) = torch.autograd.grad(y, x, dy)
     assert torch.isfinite(dx[-1, -1, -4096:]).all()
     assert dx.float().sum((0, 2)).abs().max() < 1.0  # Σ dx per channel ≈ 0 in train mode
+
+
+def test_more_channels_than_a_grid_axis_holds():
+    """70,000 channels of (N=2, S=2): the flat grid has no 65,535-block limit on channel blocks."""
+    x = make_input((2, 70_000, 2), torch.float32, "cuda").requires_grad_()
+    y = tritonbn.batch_norm(x, None, None, training=True)
+    assert_close(y, reference.batch_norm(x.detach(), None, None, training=True), torch.float32, "y")
+    dy = torch.randn_like(y)
+    (dx,) = torch.autograd.grad(y, x, dy)
+    mean, var, _ = reference.batch_norm_stats(x.detach())
+    dx_ref, _, _ = reference.batch_norm_backward(dy, x.detach(), None, mean, torch.rsqrt(var + 1e-5))
+    assert_close(dx, dx_ref, torch.float32, "dx")
+
+
+def test_fused_compiled_and_synced_paths_on_cuda():
+    """The fused layer, the torch.compile path and SyncBatchNorm outside a process group, on CUDA."""
+    x = make_input((8, 16, 12, 12), torch.float16, "cuda", "channels_last")
+    res = torch.randn_like(x)
+    y_plain = reference.batch_norm(x, None, None, training=True)
+    fused = tritonbn.BatchNorm2dAddReLU(16).cuda()
+    assert_close(fused(x, res), torch.relu(y_plain + res.double()), torch.float16, "y")
+
+    xg = x.detach().clone().requires_grad_()
+    compiled = torch.compile(tritonbn.BatchNorm2d(16).cuda(), fullgraph=True)
+    out = compiled(xg)
+    assert_close(out, y_plain, torch.float16, "y")
+    dy = torch.randn_like(out)
+    out.backward(dy)
+    mean, var, _ = reference.batch_norm_stats(x)
+    dx_ref, _, _ = reference.batch_norm_backward(dy, x, None, mean, torch.rsqrt(var + 1e-5))
+    assert_close(xg.grad, dx_ref, torch.float16, "dx")
+
+    sync = tritonbn.SyncBatchNorm(16).cuda()  # no process group: the single-GPU path
+    assert_close(sync(x), y_plain, torch.float16, "y")
