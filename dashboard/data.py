@@ -411,6 +411,14 @@ def headline(df: pd.DataFrame, provider: str = "tritonbn") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
+def latest_correctness_runs(corr: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the most recent correctness run (result file) per device."""
+    if corr.empty:
+        return corr
+    newest = corr.sort_values(["timestamp", "source"]).groupby("device", sort=False)["source"].last()
+    return corr[corr["source"].isin(set(newest))]
+
+
 def pass_rates(corr: pd.DataFrame, by: tuple[str, ...] = ("device", "provider", "dtype")) -> pd.DataFrame:
     """Correctness pass rate per group: checks run (skipped ones excluded), passed, failed, rate (0..1)."""
     cols = [*by, "checks", "passed", "failed", "rate"]
@@ -461,5 +469,6 @@ def compare_correctness_runs(df: pd.DataFrame, run_a: str, run_b: str) -> pd.Dat
     a = df[df["source"] == run_a].drop_duplicates(keys, keep="last")
     b = df[df["source"] == run_b].drop_duplicates(keys, keep="last")
     m = a[[*keys, "max_abs_err", "passed"]].merge(b[[*keys, "max_abs_err", "passed"]], on=keys, suffixes=("_a", "_b"))
-    m["changed"] = m["passed_a"].astype(str) != m["passed_b"].astype(str)
+    both_skipped = m["passed_a"].isna() & m["passed_b"].isna()
+    m["changed"] = ~both_skipped & (m["passed_a"].astype(str) != m["passed_b"].astype(str))
     return m

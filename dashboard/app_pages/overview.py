@@ -81,6 +81,8 @@ corr = res.correctness
 if corr.empty:
     st.info(ui.NO_CORRECTNESS.format(root=ui.shown(root)))
 else:
+    corr = data.latest_correctness_runs(corr)
+    st.caption("The most recent correctness run of each device; the Runs page compares runs.")
     rates = data.pass_rates(corr, by=("device", "provider"))
     ours = rates[rates["provider"] == "tritonbn"]
     cols = st.columns(max(1, len(ours)))

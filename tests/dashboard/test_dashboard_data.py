@@ -185,6 +185,10 @@ def test_pass_rates_and_run_comparisons(folders):
     a, b = sorted(res.correctness["source"].unique())
     cmpc = data.compare_correctness_runs(res.correctness, a, b)
     assert cmpc["changed"].sum() == 1
+    skipped = res.correctness.assign(passed=None)  # a check skipped in both runs has not changed
+    assert not data.compare_correctness_runs(skipped, a, b)["changed"].any()
+    newest = data.latest_correctness_runs(res.correctness)
+    assert newest.groupby("device")["source"].nunique().eq(1).all()
     prov = data.provenance(res.benchmarks)
     assert list(prov["git_sha"]) == ["abc1234", "def5678"]
 
