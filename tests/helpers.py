@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from tritonbn import reference
 from tritonbn.correctness.tolerances import QUANTITIES, errors, tolerance
 
 # One tolerance table for the tests and tritonbn-check: TOL[(dtype, quantity)] bounds
@@ -48,3 +49,10 @@ def make_input(shape, dtype, device, layout="contiguous", mean=0.0, std=1.0) -> 
         big[::2] = x
         x = big[::2]
     return x
+
+
+def train_grads_ref(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-5):
+    """Float64 closed-form (dx, dweight, dbias) of a train-mode batch norm at ``x`` (batch statistics)."""
+    mean, var, _ = reference.batch_norm_stats(x.detach())
+    w = weight.detach() if weight is not None else None
+    return reference.batch_norm_backward(dy, x.detach(), w, mean, torch.rsqrt(var + eps))
