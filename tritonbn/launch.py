@@ -62,8 +62,7 @@ def ncs_view(t: torch.Tensor) -> NCS:
     collapsed = _collapse_spatial(t)
     if collapsed is None:
         # The spatial dims cannot share one stride: materialise in the tensor's suggested memory format.
-        fmt = torch.channels_last if t.dim() == 4 else torch.channels_last_3d if t.dim() == 5 else None
-        t = t.contiguous(memory_format=fmt) if fmt is not None and _is_channels_last(t) else t.contiguous()
+        t = t.contiguous(memory_format=_suggested_format(t))
         collapsed = _collapse_spatial(t)
     S, stride_s = collapsed
     return NCS(t, t.shape[0], t.shape[1], S, t.stride(0), t.stride(1), stride_s)
@@ -74,15 +73,15 @@ def _empty_output(like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     stride (a dense input with permuted spatial dims): then channels_last or contiguous, as torch suggests."""
     out = torch.empty_like(like, dtype=dtype)
     if _collapse_spatial(out) is None:
-        fmt = torch.contiguous_format
-        if _is_channels_last(like) and like.dim() in (4, 5):
-            fmt = torch.channels_last if like.dim() == 4 else torch.channels_last_3d
-        out = torch.empty_like(like, dtype=dtype, memory_format=fmt)
+        out = torch.empty_like(like, dtype=dtype, memory_format=_suggested_format(like))
     return out
 
 
-def _is_channels_last(t: torch.Tensor) -> bool:
-    return t.dim() >= 3 and t.stride(1) == 1 and t.shape[1] > 1
+def _suggested_format(t: torch.Tensor) -> torch.memory_format:
+    """channels_last(_3d) for a 4d/5d tensor whose channels are innermost, else contiguous."""
+    if t.dim() in (4, 5) and t.stride(1) == 1 and t.shape[1] > 1:
+        return torch.channels_last if t.dim() == 4 else torch.channels_last_3d
+    return torch.contiguous_format
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
