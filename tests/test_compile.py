@@ -66,8 +66,9 @@ def test_custom_ops_pass_opcheck(kernels):
 
 def test_compiled_layer_with_weight_but_no_bias(kernels):
     torch._dynamo.reset()
-    m = tritonbn.BatchNorm2d(3, bias=False).to(kernels)
-    ref = nn.BatchNorm2d(3, bias=False).to(kernels)
+    m, ref = tritonbn.BatchNorm2d(3).to(kernels), nn.BatchNorm2d(3).to(kernels)
+    for layer in (m, ref):  # a weight but no bias (the `bias=False` constructor argument of newer torch)
+        layer.register_parameter("bias", None)
     x = torch.randn(2, 3, 2, 2, device=kernels, requires_grad=True)
     x_ref = x.detach().clone().requires_grad_()
     torch.compile(m, backend="aot_eager", fullgraph=True)(x).pow(2).sum().backward()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import inspect
 import io
 import re
 import traceback
@@ -24,6 +25,9 @@ from torch import nn
 from torch.multiprocessing.spawn import ProcessException
 
 import tritonbn
+
+# torch added the `bias=` constructor argument of the batch-norm modules recently; older versions lack it.
+NO_BIAS = {"bias": False} if "bias" in inspect.signature(nn.SyncBatchNorm.__init__).parameters else {}
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 
@@ -161,7 +165,7 @@ def _three_ranks(rank: int, world_size: int) -> None:
         sizes=(2, 3, 2),
         tail=(5,),
         groups=[[0, 1], [2]],
-        layer_kwargs={"track_running_stats": False, "bias": False},
+        layer_kwargs={"track_running_stats": False, **NO_BIAS},
     )
     # Every rank empty: empty outputs, running statistics untouched (as for an empty single-process batch).
     _layer_case(rank, "2d-all-empty", sizes=(0, 0, 0), tail=(2, 2))
@@ -238,7 +242,7 @@ CONFIGS = [
     {},
     {"affine": False},
     {"track_running_stats": False, "momentum": None},
-    {"eps": 1e-3, "momentum": 0.3, "bias": False},
+    {"eps": 1e-3, "momentum": 0.3, **NO_BIAS},
 ]
 
 
