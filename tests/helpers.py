@@ -51,8 +51,21 @@ def make_input(shape, dtype, device, layout="contiguous", mean=0.0, std=1.0) -> 
     return x
 
 
-def train_grads_ref(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-5):
-    """Float64 closed-form (dx, dweight, dbias) of a train-mode batch norm at ``x`` (batch statistics)."""
-    mean, var, _ = reference.batch_norm_stats(x.detach())
+def reference_grads(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    *,
+    training: bool = True,
+    running_mean: torch.Tensor | None = None,
+    running_var: torch.Tensor | None = None,
+    eps: float = 1e-5,
+):
+    """Float64 closed-form (dx, dweight, dbias) of a batch norm at ``x``: batch statistics in training, the
+    running ones in eval."""
+    if training:
+        mean, var, _ = reference.batch_norm_stats(x.detach())
+    else:
+        mean, var = running_mean.double(), running_var.double()
     w = weight.detach() if weight is not None else None
-    return reference.batch_norm_backward(dy, x.detach(), w, mean, torch.rsqrt(var + eps))
+    return reference.batch_norm_backward(dy, x.detach(), w, mean, torch.rsqrt(var + eps), training=training)
