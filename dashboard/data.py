@@ -1,9 +1,10 @@
 """Loading and validating the result CSVs under a results folder (pandas only, no Streamlit, no torch).
 
 Every ``*.csv`` under the folder (recursively) is read, classified as a *benchmark* or a *correctness* file
-by its columns (DESIGN §5), validated, and concatenated into one long table per kind. Nothing here raises
-on bad input: every problem becomes a human-readable string naming the file, returned next to the data,
-so the pages can show it with ``st.error`` instead of a traceback.
+by its columns (``bench_results/README.md``), validated, and concatenated into one long table per kind. The
+records of ``tritonbn-gpu-session`` steps are recognised by their file names. Nothing here raises on bad
+input: every problem becomes a human-readable string naming the file, returned next to the data, so the
+pages can show it with ``st.error`` instead of a traceback.
 
 Caching lives in :mod:`dashboard.ui` (``st.cache_data`` keyed on the folder's file list and mtimes), so
 this module stays importable and testable without Streamlit.
@@ -42,9 +43,9 @@ BENCHMARK_COLUMNS = [
     "pct_of_peak",
 ]
 BENCHMARK_NUMERIC = ["dim", "N", "C", "numel", "bytes", "ms_median", "ms_p20", "ms_p80", "gbps", "peak_gbps"]
-BENCHMARK_NUMERIC += ["pct_of_peak"]
+BENCHMARK_NUMERIC += ["pct_of_peak", "wall_ms"]
 # Optional benchmark columns: failed providers are recorded with empty timings and a status / error.
-BENCHMARK_OPTIONAL = ["suite", "status", "error"]
+BENCHMARK_OPTIONAL = ["suite", "status", "error", "timer", "wall_ms"]
 
 CORRECTNESS_COLUMNS = [
     "provider",
@@ -64,6 +65,10 @@ CORRECTNESS_COLUMNS = [
 CORRECTNESS_NUMERIC = ["max_abs_err", "max_rel_err", "tol"]
 # Optional correctness columns: ``status`` is ok | fail | error | skipped, ``note`` says why.
 CORRECTNESS_OPTIONAL = ["backend", "status", "note"]
+
+# The records of ``tritonbn-gpu-session`` steps, by the ending of their file names (``<date>_<sha>_env.csv``):
+# listed as runs of their own kind, not read as benchmark or correctness files.
+SESSION_RECORD_KINDS = ("env", "tests", "kernels", "sync", "train")
 
 # Columns that only one kind of file has: used to tell the kinds apart when some columns are missing.
 _BENCHMARK_MARKERS = {"pass", "ms_median", "ms_p20", "ms_p80", "gbps", "peak_gbps", "pct_of_peak", "numel", "bytes"}
@@ -88,7 +93,7 @@ class FileInfo:
     """One CSV under the results folder, as the Runs page lists it."""
 
     path: str  # relative to the results folder
-    kind: str  # "benchmark", "correctness" or "invalid"
+    kind: str  # "benchmark", "correctness", a session record kind (SESSION_RECORD_KINDS) or "invalid"
     rows: int = 0
     mtime: float = 0.0
     problems: list[str] = field(default_factory=list)
@@ -100,6 +105,8 @@ class Results:
     correctness: pd.DataFrame
     files: list[FileInfo]
     problems: list[str]
+    #: provenance and ``source`` of the session records (the rows of every ``*_<kind>.csv`` of a GPU session)
+    records: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=[*PROVENANCE_COLUMNS, "source"]))
 
     @property
     def files_frame(self) -> pd.DataFrame:
@@ -285,6 +292,13 @@ def load_file(path: Path, root: Path) -> tuple[str, pd.DataFrame | None, list[st
     if df is None:
         return "invalid", None, [err]
     problems: list[str] = [err] if err else []
+    record = next((k for k in SESSION_RECORD_KINDS if path.stem.endswith(f"_{k}")), None)
+    if record is not None:
+        missing = [c for c in PROVENANCE_COLUMNS if c not in df.columns]
+        if missing:
+            return record, None, [*problems, f"{name}: {record} record is missing column(s): {', '.join(missing)}"]
+        df["source"] = name
+        return record, df, problems
     kind = classify(df.columns)
     if kind is None:
         cols = ", ".join(list(df.columns)[:6])
@@ -306,6 +320,7 @@ def load_results(root: str | Path) -> Results:
     problems: list[str] = []
     files: list[FileInfo] = []
     frames: dict[str, list[pd.DataFrame]] = {"benchmark": [], "correctness": []}
+    records: list[pd.DataFrame] = []
     if not root.exists():
         problems.append(f"results folder {root} does not exist")
     elif not root.is_dir():
@@ -319,11 +334,16 @@ def load_results(root: str | Path) -> Results:
         files.append(FileInfo(path.relative_to(root).as_posix(), kind, 0 if df is None else len(df), mtime))
         files[-1].problems = file_problems
         problems.extend(file_problems)
-        if df is not None:
+        if df is not None and kind in frames:
             frames[kind].append(df)
+        elif df is not None:
+            records.append(df[[*PROVENANCE_COLUMNS, "source"]])
     bench = pd.concat(frames["benchmark"], ignore_index=True) if frames["benchmark"] else empty_benchmarks()
     corr = pd.concat(frames["correctness"], ignore_index=True) if frames["correctness"] else empty_correctness()
-    return Results(bench, corr, files, problems)
+    result = Results(bench, corr, files, problems)
+    if records:
+        result.records = pd.concat(records, ignore_index=True)
+    return result
 
 
 def load_benchmarks(root: str | Path) -> tuple[pd.DataFrame, list[str]]:

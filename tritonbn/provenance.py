@@ -8,13 +8,14 @@ and the git sha.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import re
 import subprocess
 from pathlib import Path
 
 import torch
 
-__all__ = ["collect", "device_slug", "git_sha", "slugify", "utc_date", "utc_timestamp"]
+__all__ = ["GIT_SHA_ENV", "collect", "device_slug", "git_sha", "slugify", "slugify_sha", "utc_date", "utc_timestamp"]
 
 _REPO_DIR = Path(__file__).resolve().parent.parent
 
@@ -38,15 +39,29 @@ def _git(args: list[str], cwd: Path) -> str | None:
     return out.strip()
 
 
+#: Names the commit of a copy of the source tree that has no ``.git`` (e.g. a tree copied to a GPU machine).
+GIT_SHA_ENV = "TRITONBN_GIT_SHA"
+
+
 def git_sha(repo_dir: str | Path | None = None) -> str:
     """Short sha of ``HEAD`` of the checkout holding tritonbn, ``-dirty`` appended when tracked files are
-    modified; ``"unknown"`` outside a git checkout (e.g. an installed wheel) or without git."""
+    modified. Outside a git checkout (an installed wheel, a copied source tree) or without git: the value of
+    the environment variable ``TRITONBN_GIT_SHA`` if set (a sha computed where the tree was copied from),
+    else ``"unknown"``."""
     cwd = Path(repo_dir) if repo_dir is not None else _REPO_DIR
-    sha = _git(["rev-parse", "--short", "HEAD"], cwd)
+    top = _git(["rev-parse", "--show-toplevel"], cwd)
+    # Only the checkout rooted here counts: a copied tree inside some other repository is not that repository.
+    sha = _git(["rev-parse", "--short", "HEAD"], cwd) if top and Path(top).resolve() == cwd.resolve() else None
     if not sha:
-        return "unknown"
+        override = os.environ.get(GIT_SHA_ENV, "").strip()
+        return slugify_sha(override) if override else "unknown"
     status = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
     return f"{sha}-dirty" if status else sha
+
+
+def slugify_sha(sha: str) -> str:
+    """A sha as it may appear in a file name: ``[0-9A-Za-z-]`` only (``abc1234-dirty``)."""
+    return re.sub(r"[^0-9A-Za-z-]+", "-", sha).strip("-") or "unknown"
 
 
 def slugify(name: str) -> str:

@@ -15,7 +15,13 @@ from pathlib import Path
 __all__ = [
     "BENCH_COLUMNS",
     "CORRECTNESS_COLUMNS",
+    "ENV_COLUMNS",
+    "KERNELS_COLUMNS",
     "PROVENANCE_COLUMNS",
+    "RESULT_KINDS",
+    "SYNC_COLUMNS",
+    "TESTS_COLUMNS",
+    "TRAIN_COLUMNS",
     "CsvWriter",
     "result_path",
     "unique_path",
@@ -33,7 +39,8 @@ PROVENANCE_COLUMNS: tuple[str, ...] = (
     "triton",
 )
 
-#: ``tritonbn-bench``: DESIGN §5 list, then ``suite``, ``status`` and ``timer`` appended.
+#: ``tritonbn-bench``: the benchmark list of the result format, then ``suite``, ``status``, ``timer`` and
+#: ``wall_ms`` (eager wall time per call, host included) appended.
 BENCH_COLUMNS: tuple[str, ...] = (
     *PROVENANCE_COLUMNS,
     "provider",
@@ -58,9 +65,11 @@ BENCH_COLUMNS: tuple[str, ...] = (
     "suite",
     "status",
     "timer",
+    "wall_ms",
 )
 
-#: ``tritonbn-check``: DESIGN §5 list plus provenance, then ``backend``, ``status`` and ``note`` appended.
+#: ``tritonbn-check``: the correctness list of the result format plus provenance, then ``backend``, ``status``
+#: and ``note`` appended.
 CORRECTNESS_COLUMNS: tuple[str, ...] = (
     *PROVENANCE_COLUMNS,
     "provider",
@@ -81,18 +90,95 @@ CORRECTNESS_COLUMNS: tuple[str, ...] = (
 )
 
 
+#: ``tritonbn-gpu-session`` records, one file per step (see ``bench_results/README.md``).
+#: ``env``: the machine, one quantity per row.
+ENV_COLUMNS: tuple[str, ...] = (*PROVENANCE_COLUMNS, "quantity", "value", "unit")
+
+#: ``tests``: one row per test of a pytest run on the GPU (``run`` = ``gpu-tests`` or ``tests``).
+TESTS_COLUMNS: tuple[str, ...] = (*PROVENANCE_COLUMNS, "run", "nodeid", "outcome", "seconds", "message")
+
+#: ``kernels``: one row per compiled Triton kernel specialisation, with the resources the driver reports.
+KERNELS_COLUMNS: tuple[str, ...] = (
+    *PROVENANCE_COLUMNS,
+    "kernel",
+    "hash",
+    "arch",
+    "num_warps",
+    "num_stages",
+    "shared_bytes",
+    "registers",
+    "spills",
+    "source",
+    "signature",
+    "tiles",
+)
+
+#: ``sync``: SyncBatchNorm over a process group against one process on the concatenated batch.
+SYNC_COLUMNS: tuple[str, ...] = (
+    *PROVENANCE_COLUMNS,
+    "check",
+    "backend",
+    "world_size",
+    "batches",
+    "dtype",
+    "layout",
+    "quantity",
+    "max_abs_err",
+    "max_rel_err",
+    "tol",
+    "passed",
+    "status",
+    "note",
+)
+
+#: ``train``: a model's training step with torch's batch norm and with tritonbn's.
+TRAIN_COLUMNS: tuple[str, ...] = (
+    *PROVENANCE_COLUMNS,
+    "model",
+    "batch",
+    "image",
+    "dtype",
+    "layout",
+    "batch_norm",
+    "bn_layers",
+    "fused_relu",
+    "steps_timed",
+    "ms_median",
+    "ms_p20",
+    "ms_p80",
+    "loss_start",
+    "loss_after",
+    "train_steps",
+    "status",
+    "note",
+)
+
+#: Result kinds and the ending of their file names: ``<date>_<sha><ending>.csv``.
+RESULT_KINDS: dict[str, str] = {
+    "bench": "",
+    "check": "_check",
+    "env": "_env",
+    "tests": "_tests",
+    "kernels": "_kernels",
+    "sync": "_sync",
+    "train": "_train",
+}
+
+
 def unique_path(path: Path) -> Path:
     """``path`` if no file is there, else the first free ``<stem>_<k><suffix>`` (k = 2, 3, ...).
 
-    A ``_check`` ending of the stem is kept last (``2025-01-31_abc1234_2_check.csv``), so correctness files
-    are still recognised by their ``_check.csv`` ending.
+    A kind's ending of the stem (``_check``, ``_env``, ... of :data:`RESULT_KINDS`) is kept last
+    (``2025-01-31_abc1234_2_check.csv``), so files are still recognised by their ending.
     """
     path = Path(path)
     if not path.exists():
         return path
     stem, tail = path.stem, ""
-    if stem.endswith("_check"):
-        stem, tail = stem[: -len("_check")], "_check"
+    for ending in RESULT_KINDS.values():
+        if ending and stem.endswith(ending):
+            stem, tail = stem[: -len(ending)], ending
+            break
     k = 2
     while True:
         candidate = path.with_name(f"{stem}_{k}{tail}{path.suffix}")
@@ -102,14 +188,15 @@ def unique_path(path: Path) -> Path:
 
 
 def result_path(root: str | os.PathLike, device_slug: str, date: str, sha: str, *, kind: str = "bench") -> Path:
-    """The file a run writes: ``<root>/<device_slug>/<date>_<sha>.csv`` (``..._check.csv`` for correctness).
+    """The file a run writes: ``<root>/<device_slug>/<date>_<sha>.csv`` for benchmarks, and
+    ``<date>_<sha>_<kind>.csv`` for the other kinds of :data:`RESULT_KINDS` (``..._check.csv``, ...).
 
     The name returned is free at the time of the call (see :func:`unique_path`); :class:`CsvWriter` opens it
-    exclusively, so an existing file is never overwritten.
+    exclusively, so an existing file is never overwritten. Raises ``ValueError`` for an unknown kind.
     """
-    if kind not in ("bench", "check"):
-        raise ValueError(f"kind must be 'bench' or 'check', got {kind!r}")
-    name = f"{date}_{sha}{'_check' if kind == 'check' else ''}.csv"
+    if kind not in RESULT_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, RESULT_KINDS))}, got {kind!r}")
+    name = f"{date}_{sha}{RESULT_KINDS[kind]}.csv"
     return unique_path(Path(root) / device_slug / name)
 
 

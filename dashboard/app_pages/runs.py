@@ -8,12 +8,17 @@ import streamlit as st
 from dashboard import data, plots, ui
 
 st.title("Runs")
-st.caption("One result file is one run of `tritonbn-bench` or `tritonbn-check`, with the provenance it recorded.")
+st.caption(
+    "One result file is one run of `tritonbn-bench` or `tritonbn-check`, or one step of `tritonbn-gpu-session` "
+    "(kinds env, tests, kernels, sync, train), with the provenance it recorded."
+)
 root, res = ui.load()
 if not res.files:
     st.stop()
 
-frames = [f[["source", *data.PROVENANCE_COLUMNS]] for f in (res.benchmarks, res.correctness) if not f.empty]
+frames = [
+    f[["source", *data.PROVENANCE_COLUMNS]] for f in (res.benchmarks, res.correctness, res.records) if not f.empty
+]
 prov = data.provenance(pd.concat(frames, ignore_index=True)) if frames else data.provenance(pd.DataFrame())
 files = res.files_frame.drop(columns=["mtime"]).merge(
     prov.drop(columns=["rows"]), left_on="file", right_on="source", how="left"

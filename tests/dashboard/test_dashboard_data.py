@@ -220,3 +220,46 @@ def test_columns_match_the_harness_schema():
     assert set(data.BENCHMARK_COLUMNS) <= set(schema.BENCH_COLUMNS)
     assert set(data.CORRECTNESS_COLUMNS) <= set(schema.CORRECTNESS_COLUMNS)
     assert list(data.PROVENANCE_COLUMNS) == list(schema.PROVENANCE_COLUMNS)
+    assert set(data.BENCHMARK_OPTIONAL) - {"error"} <= set(schema.BENCH_COLUMNS)
+    assert set(data.SESSION_RECORD_KINDS) == set(schema.RESULT_KINDS) - {"bench", "check"}
+
+
+def test_gpu_session_records_are_runs_not_problems(tmp_path):
+    """The env/tests/kernels/sync/train records of a GPU session are listed as their own kinds, with their
+    provenance, and never mistaken for malformed benchmark or correctness files."""
+    fixtures.write_good(tmp_path)
+    prov = fixtures.benchmark_rows()[0]
+    prov = {c: prov[c] for c in data.PROVENANCE_COLUMNS}
+    records = {
+        "env": [{**prov, "quantity": "copy_gbps", "value": "4300.0", "unit": "GB/s"}],
+        "tests": [{**prov, "run": "tests", "nodeid": "tests/t.py::a", "outcome": "passed", "seconds": "1.0"}],
+        "kernels": [{**prov, "kernel": "k", "registers": "40", "spills": "0"}],
+        "sync": [{**prov, "check": "gloo-2", "quantity": "y", "max_rel_err": "1e-7", "tol": "1e-5", "passed": "true"}],
+        "train": [{**prov, "model": "resnet50", "batch_norm": "torch", "ms_median": "90.0", "status": "ok"}],
+    }
+    for kind, rows in records.items():
+        fixtures.write_csv(tmp_path / "nvidia-h100" / f"2025-01-09_def5678_{kind}.csv", rows)
+    res = data.load_results(tmp_path)
+    assert res.problems == []
+    kinds = {f.path.rsplit("_", 1)[-1][:-4]: f.kind for f in res.files if f.kind not in ("benchmark", "correctness")}
+    assert kinds == {k: k for k in records}
+    assert all(f.rows == 1 for f in res.files if f.kind in records)
+    assert len(res.records) == 5 and set(res.records["gpu"]) == {prov["gpu"]}
+    assert len(res.benchmarks) == len(data.load_results(fixtures.write_good(tmp_path / "plain")).benchmarks)
+
+
+def test_a_session_record_without_provenance_is_a_problem(tmp_path):
+    res = _one(tmp_path, "2025-01-09_def5678_env.csv", "quantity,value\ncopy_gbps,1\n")
+    assert res.problems == ["2025-01-09_def5678_env.csv: env record is missing column(s): " + ", ".join(
+        data.PROVENANCE_COLUMNS)]  # fmt: skip
+
+
+def test_wall_time_column_is_numeric_and_optional(tmp_path):
+    rows = fixtures.benchmark_rows()[:4]
+    for i, r in enumerate(rows):
+        r["wall_ms"] = "" if i == 0 else str(0.5 + i)
+    res = _one(tmp_path, "bench.csv", rows)
+    assert res.problems == []
+    assert res.benchmarks["wall_ms"].isna().sum() == 1 and res.benchmarks["wall_ms"].max() == 3.5
+    old = _one(tmp_path / "old", "bench.csv", fixtures.benchmark_rows()[:4])  # files from before the column
+    assert old.problems == [] and old.benchmarks["wall_ms"].isna().all()

@@ -6,6 +6,8 @@ import dashboard_fixtures as fixtures
 import pytest
 from dashboard_fixtures import PAGES, TITLES, texts
 
+from dashboard import data
+
 NON_GRADIENT_PAGES = [p for p in PAGES if p != "gradients"]
 
 
@@ -127,6 +129,21 @@ def test_runs_compare(open_page, folders):
     at.radio[0].set_value("correctness").run()
     assert not at.exception
     assert "1 of" in texts(at.error) and "changed result" in texts(at.error)
+
+
+def test_gpu_session_records_on_the_runs_page(open_page, tmp_path):
+    """A folder holding a GPU session's records: every page opens; Runs lists them with their provenance."""
+    fixtures.write_good(tmp_path)
+    prov = {c: fixtures.benchmark_rows()[0][c] for c in data.PROVENANCE_COLUMNS}
+    fixtures.write_csv(
+        tmp_path / "nvidia-h100" / "2025-01-09_def5678_env.csv", [{**prov, "quantity": "sm_count", "value": "132"}]
+    )
+    for page in ("overview", "throughput", "correctness", "runs"):
+        at = open_page(page, tmp_path)
+        assert "problem(s) reading the result files" not in texts(at.error)
+    files = at.dataframe[0].value.set_index("file")
+    assert files.loc["nvidia-h100/2025-01-09_def5678_env.csv", "kind"] == "env"
+    assert files.loc["nvidia-h100/2025-01-09_def5678_env.csv", "gpu"] == prov["gpu"]
 
 
 def test_results_folder_from_the_sidebar(open_page, folders):

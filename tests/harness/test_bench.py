@@ -1,4 +1,5 @@
 import csv
+import time
 
 import pytest
 import torch
@@ -72,6 +73,37 @@ def _fake_timer(make_fn, use_cudagraph):
     return (2.0, 1.5, 2.5), "fake"
 
 
+def _fake_wall_timer(make_fn):
+    make_fn()()
+    return 3.0
+
+
+def test_wall_time_per_call_is_a_synchronised_loop_divided():
+    """wall_ms_per_call: synchronise, n back-to-back calls, synchronise; the median loop over n, in ms."""
+    from tritonbn.bench.timing import wall_ms_per_call
+
+    calls, syncs = [], []
+
+    def make_fn():
+        return lambda: (calls.append(time.perf_counter()), time.sleep(0.002))
+
+    ms = wall_ms_per_call(make_fn, target_ms=30, loops=3, synchronize=lambda: syncs.append(len(calls)))
+    assert 2.0 <= ms < 10.0
+    assert len(calls) >= 2 + 3 * 3  # the warm-up, the estimate, then at least 3 calls per loop
+    assert syncs[-1] == len(calls)  # the last call is synchronised before the clock stops
+
+
+def test_max_seconds_and_planned_configurations():
+    from tritonbn.bench.__main__ import planned_configurations
+
+    args = build_parser().parse_args(["--suite", "quick", "resnet50", "--max-seconds", "30", "--no-wall"])
+    assert args.max_seconds == 30 and args.no_wall
+    assert len(planned_configurations(args)) == 492
+    assert len(planned_configurations(build_parser().parse_args(["--limit", "3"]))) == 3
+    with pytest.raises(SystemExit):
+        main(["--max-seconds", "0"])
+
+
 def test_run_config_plumbing_on_cpu():
     """The loop on the CPU with a fake timer: verification, backends, error rows, traffic, GB/s."""
     cfg = BenchConfig("t", Shape(4, 3, (5, 6)), torch.float16, "channels_last", "train", True)
@@ -83,6 +115,7 @@ def test_run_config_plumbing_on_cpu():
         _fake_timer,
         peak_gbps=1.0,
         cudagraph_max_bytes=0,
+        wall_timer=_fake_wall_timer,
     )
     assert len(rows) == 9
     by = {(r["provider"], r["pass"]): r for r in rows}
@@ -92,6 +125,7 @@ def test_run_config_plumbing_on_cpu():
             assert r["status"] == "ok", r["status"]
             assert r["ms_median"] == 2.0 and r["gbps"] == pytest.approx(r["bytes"] / 2e-3 / 1e9)
             assert r["pct_of_peak"] == pytest.approx(100 * r["gbps"])
+            assert r["wall_ms"] == 3.0
     assert by[("native", "fwd")]["backend"] == "native"
     assert by[("tritonbn", "fwd")]["backend"] in ("triton", "torch-native")
     assert by[("tritonbn", "fwd")]["bytes"] == 2 * 360 * 2 + 8 * 3 * 4

@@ -118,7 +118,9 @@ def test_check_without_interpreter_says_torch_ran(run_cli, tmp_path):
         "tritonbn.correctness",
         "--quick",
         "--limit",
-        "2",
+        "3",
+        "--max-seconds",
+        "1e-9",  # the first case always runs; none starts after the time is up
         "--dtype",
         "fp32",
         "--out",
@@ -130,6 +132,7 @@ def test_check_without_interpreter_says_torch_ran(run_cli, tmp_path):
     rows = _read(next((tmp_path / "cpu-torch").glob("*_check.csv")))
     assert {r["backend"] for r in rows if r["provider"] == "tritonbn"} == {"torch-cpu-fallback"}
     assert "TRITON_INTERPRET is not set" in res.stderr
+    assert len({r["case"] for r in rows}) == 1 and "stopped after 1 of 3 cases (--max-seconds" in res.stdout
 
 
 def test_check_exits_nonzero_when_tritonbn_fails(monkeypatch, tmp_path, capsys):

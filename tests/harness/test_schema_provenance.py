@@ -60,7 +60,7 @@ DESIGN_CHECK = [
 
 def test_bench_columns_are_the_design_list_then_appended():
     assert list(BENCH_COLUMNS[: len(DESIGN_BENCH)]) == DESIGN_BENCH
-    assert set(BENCH_COLUMNS[len(DESIGN_BENCH) :]) == {"suite", "status", "timer"}
+    assert set(BENCH_COLUMNS[len(DESIGN_BENCH) :]) == {"suite", "status", "timer", "wall_ms"}
     assert len(set(BENCH_COLUMNS)) == len(BENCH_COLUMNS)
 
 
@@ -78,8 +78,30 @@ def test_provenance_has_exactly_the_provenance_columns():
     assert prov["git_sha"]
 
 
-def test_git_sha_outside_git_is_unknown(tmp_path):
+def test_git_sha_outside_git_is_unknown(tmp_path, monkeypatch):
+    monkeypatch.delenv(provenance.GIT_SHA_ENV, raising=False)
     assert provenance.git_sha(tmp_path) == "unknown"
+
+
+def test_git_sha_of_a_copied_tree_comes_from_the_environment(tmp_path, monkeypatch):
+    """A source tree copied without .git (e.g. to a GPU machine) names its commit through TRITONBN_GIT_SHA."""
+    monkeypatch.setenv(provenance.GIT_SHA_ENV, "abc1234-dirty")
+    assert provenance.git_sha(tmp_path) == "abc1234-dirty"
+    monkeypatch.setenv(provenance.GIT_SHA_ENV, "a/b c")  # only what a file name can hold
+    assert provenance.git_sha(tmp_path) == "a-b-c"
+
+
+def test_a_tree_inside_another_checkout_is_not_that_checkout(tmp_path, monkeypatch):
+    import subprocess
+
+    try:
+        subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("git unavailable")
+    inner = tmp_path / "copy"
+    inner.mkdir()
+    monkeypatch.setenv(provenance.GIT_SHA_ENV, "feed123")
+    assert provenance.git_sha(inner) == "feed123"
 
 
 def test_git_sha_marks_dirty_trees(tmp_path):
@@ -117,6 +139,11 @@ def test_result_paths_are_append_only(tmp_path):
     assert unique_path(c).name == "2025-01-31_abc1234_2_check.csv"
     with pytest.raises(ValueError):
         result_path(tmp_path, "g", "d", "s", kind="other")
+    for kind in ("env", "tests", "kernels", "sync", "train"):
+        p = result_path(tmp_path, "gpu-x", "2025-01-31", "abc1234", kind=kind)
+        assert p.name == f"2025-01-31_abc1234_{kind}.csv"
+        p.write_text("x")
+        assert unique_path(p).name == f"2025-01-31_abc1234_2_{kind}.csv"
 
 
 def test_csv_writer_never_overwrites(tmp_path):

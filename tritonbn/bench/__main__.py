@@ -2,7 +2,10 @@
 
 Needs a CUDA device: without one it exits with status 2 (there are no CPU timings to pretend to be GPU
 numbers). Writes ``<out>/<gpu-slug>/<utc-date>_<sha>.csv`` (a new file per run, never overwriting) with
-the columns of :data:`tritonbn.schema.BENCH_COLUMNS` and prints the speed-up over cuDNN.
+the columns of :data:`tritonbn.schema.BENCH_COLUMNS` and prints the speed-up over cuDNN. Each pass gets
+its GPU time per call (CUDA events or CUDA-graph replays) and its eager wall time per call (a synchronised
+loop, host included). ``--max-seconds`` stops starting new configurations after that long, leaving a
+complete file of the configurations measured so far.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 from tritonbn.bench.providers import PROVIDERS
 from tritonbn.bench.suites import LAYOUTS, PASSES, SUITES, get_suite
 
-__all__ = ["build_parser", "main", "refusal"]
+__all__ = ["build_parser", "main", "planned_configurations", "refusal"]
 
 DTYPES = ("fp32", "fp16", "bf16")
 MODES = ("train", "eval")
@@ -57,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="time passes moving at most this many bytes with CUDA graphs (default 16 MiB)",
     )
     p.add_argument("--no-cudagraph", action="store_true", help="always use do_bench")
+    p.add_argument(
+        "--no-wall", action="store_true", help="skip the eager wall time per call (host included; column wall_ms)"
+    )
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="start no new configuration after this many seconds; the file holds those measured so far",
+    )
     p.add_argument("--limit", type=int, default=None, help="only the first LIMIT configurations")
     p.add_argument("--list-suites", action="store_true", help="print the shapes of the suites and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -90,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be positive")
+    if args.max_seconds is not None and args.max_seconds <= 0:
+        parser.error("--max-seconds must be positive")
     if args.list_suites:
         for name in args.suite:
             shapes = get_suite(name)
@@ -106,10 +120,9 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from tritonbn import provenance
-    from tritonbn.bench.runner import configurations, gpu_timer, run_config
+    from tritonbn.bench.runner import gpu_timer, gpu_wall_timer, run_config
     from tritonbn.bench.summary import format_summary
     from tritonbn.bench.timing import copy_bandwidth_gbps
-    from tritonbn.correctness.tolerances import parse_dtype
     from tritonbn.schema import BENCH_COLUMNS, CsvWriter, result_path
 
     device = torch.device("cuda", torch.cuda.current_device())
@@ -117,11 +130,7 @@ def _run(args: argparse.Namespace) -> int:
     path = result_path(
         args.out, provenance.device_slug(prov["gpu"]), provenance.utc_date(prov["timestamp"]), prov["git_sha"]
     )
-    suites = {name: get_suite(name) for name in args.suite}
-    affines = {"true": [True], "false": [False], "both": [True, False]}[args.affine]
-    configs = list(configurations(suites, [parse_dtype(d) for d in args.dtype], args.layout, args.mode, affines))
-    if args.limit is not None:
-        configs = configs[: args.limit]
+    configs = planned_configurations(args)
     print(
         f"tritonbn-bench: {len(configs)} configurations x {len(args.provider)} providers x "
         f"{len(args.passes)} passes on {prov['gpu']}",
@@ -130,27 +139,48 @@ def _run(args: argparse.Namespace) -> int:
     peak = copy_bandwidth_gbps(device)
     print(f"tritonbn-bench: device-to-device copy {peak:.0f} GB/s (peak_gbps)", file=sys.stderr)
     timer = gpu_timer(args.warmup, args.rep)
+    wall_timer = None if args.no_wall else gpu_wall_timer(args.rep)
     max_graph_bytes = -1 if args.no_cudagraph else args.cudagraph_max_bytes
     all_rows = []
     bar = _progress(len(configs), args.no_progress)
     start = time.perf_counter()
+    done = 0
     with CsvWriter(path, BENCH_COLUMNS) as writer:
         for cfg in configs:
+            if done and args.max_seconds is not None and time.perf_counter() - start >= args.max_seconds:
+                break
             if bar is not None:
                 bar.set_postfix_str(f"{cfg.suite} {cfg.shape} {cfg.dtype} {cfg.layout} {cfg.mode}", refresh=False)
-            rows = run_config(cfg, args.provider, args.passes, device, timer, peak, max_graph_bytes)
+            rows = run_config(cfg, args.provider, args.passes, device, timer, peak, max_graph_bytes, wall_timer)
             for row in rows:
                 row = {**prov, **row}
                 writer.write(row)
                 all_rows.append(row)
             torch.cuda.empty_cache()
+            done += 1
             if bar is not None:
                 bar.update()
     if bar is not None:
         bar.close()
     print(format_summary(all_rows, args.provider))
+    if done < len(configs):
+        print(
+            f"tritonbn-bench: stopped after {done} of {len(configs)} configurations "
+            f"(--max-seconds {args.max_seconds:g} reached)"
+        )
     print(f"tritonbn-bench: {len(all_rows)} rows in {time.perf_counter() - start:.0f} s -> {writer.path}")
     return 0
+
+
+def planned_configurations(args: argparse.Namespace) -> list:
+    """The configurations a run with ``args`` measures, in order (``--limit`` applied): no GPU needed."""
+    from tritonbn.bench.runner import configurations
+    from tritonbn.correctness.tolerances import parse_dtype
+
+    suites = {name: get_suite(name) for name in args.suite}
+    affines = {"true": [True], "false": [False], "both": [True, False]}[args.affine]
+    configs = list(configurations(suites, [parse_dtype(d) for d in args.dtype], args.layout, args.mode, affines))
+    return configs[: args.limit] if args.limit is not None else configs
 
 
 if __name__ == "__main__":

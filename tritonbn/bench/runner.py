@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -16,10 +17,12 @@ from tritonbn.bench.providers import EPS, BenchTensors, detect_backend, make_for
 from tritonbn.bench.suites import PASSES, Shape, traffic_bytes
 from tritonbn.correctness.tolerances import condition_number, dtype_name, errors, tolerance
 
-__all__ = ["BenchConfig", "Timer", "configurations", "run_config", "verify"]
+__all__ = ["BenchConfig", "Timer", "WallTimer", "configurations", "run_config", "verify"]
 
 #: ``timer(make_fn, use_cudagraph) -> ((median, p20, p80), timer_name)``; make_fn builds the timed callable.
 Timer = Callable[[Callable[[], Callable[[], object]], bool], tuple[tuple[float, float, float], str]]
+#: ``wall_timer(make_fn) -> ms``: eager wall time per call, host included (``None``: not measured).
+WallTimer = Callable[[Callable[[], Callable[[], object]]], float]
 
 
 @dataclass(frozen=True)
@@ -149,8 +152,13 @@ def run_config(
     timer: Timer,
     peak_gbps: float,
     cudagraph_max_bytes: int,
+    wall_timer: WallTimer | None = None,
 ) -> list[dict[str, object]]:
-    """Rows (provenance excluded) of one configuration: every provider × pass, verified before timing."""
+    """Rows (provenance excluded) of one configuration: every provider × pass, verified before timing.
+
+    ``timer`` gives the GPU time per call (``ms_*`` columns); ``wall_timer``, when given, the eager wall time
+    per call (``wall_ms``), measured after the GPU time with a freshly built callable.
+    """
     shape = cfg.shape
     setup_error = None
     try:
@@ -204,6 +212,7 @@ def run_config(
                 "pct_of_peak": None,
                 "timer": "",
                 "status": status,
+                "wall_ms": None,
             }
             if status == "ok":
                 try:
@@ -220,9 +229,22 @@ def run_config(
                         timer=timer_name,
                         pct_of_peak=100 * gbps / peak_gbps if peak_gbps else None,
                     )
+                    if wall_timer is not None:
+                        try:
+                            row["wall_ms"] = wall_timer(_pass_fn(pass_, cfg, f, t))
+                        except Exception as e:  # noqa: BLE001 - the GPU time stands; wall_ms stays empty
+                            msg = f"tritonbn-bench: no wall time for {cfg} {provider} {pass_}: {_short(e)}"
+                            print(msg, file=sys.stderr)
             rows.append(row)
         del t, f
     return rows
+
+
+def gpu_wall_timer(rep: int) -> WallTimer:
+    """The real wall timer: :func:`tritonbn.bench.timing.wall_ms_per_call` with loops lasting ``rep`` ms."""
+    from tritonbn.bench.timing import wall_ms_per_call
+
+    return lambda make_fn: wall_ms_per_call(make_fn, target_ms=rep)
 
 
 def gpu_timer(warmup: int, rep: int) -> Timer:

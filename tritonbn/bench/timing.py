@@ -1,13 +1,15 @@
 """GPU timers: ``triton.testing.do_bench`` (L2 flushed before every run) and a CUDA-graph timer for shapes
-whose kernels are shorter than their launch overhead. Both return ``(median, p20, p80)`` in ms."""
+whose kernels are shorter than their launch overhead, both returning ``(median, p20, p80)`` in ms; and the
+eager wall time per call, host included, of a synchronised loop."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import torch
 
-__all__ = ["QUANTILES", "bench_cudagraph", "bench_do_bench", "copy_bandwidth_gbps"]
+__all__ = ["QUANTILES", "bench_cudagraph", "bench_do_bench", "copy_bandwidth_gbps", "wall_ms_per_call"]
 
 #: triton.testing order: median first, then the 20th and 80th percentiles.
 QUANTILES = [0.5, 0.2, 0.8]
@@ -81,3 +83,39 @@ def copy_bandwidth_gbps(device: torch.device, nbytes: int = 1 << 30, rep: int = 
     dst = torch.empty_like(src)
     median, _, _ = triton.testing.do_bench(lambda: dst.copy_(src), warmup=50, rep=rep, quantiles=QUANTILES)
     return 2 * nbytes / (median * 1e-3) / 1e9
+
+
+def wall_ms_per_call(
+    make_fn: Callable[[], Callable[[], object]],
+    target_ms: float = 20.0,
+    loops: int = 3,
+    max_calls: int = 2000,
+    synchronize: Callable[[], None] | None = None,
+) -> float:
+    """Eager wall time of one call of ``make_fn()``, host included, in ms.
+
+    ``loops`` times: synchronise, call ``fn`` ``n`` times back to back, synchronise, divide the host clock
+    (``time.perf_counter``) by ``n``; the median over the loops is returned. ``n`` makes a loop last about
+    ``target_ms / loops`` (at least 3 calls, at most ``max_calls``). This is what a training step pays per
+    layer when the GPU is not the bottleneck: Python, autograd and launch overheads, which CUDA events
+    around a single call (``do_bench``) and CUDA-graph replays leave out. ``synchronize`` defaults to
+    ``torch.cuda.synchronize``.
+    """
+    sync = synchronize or torch.cuda.synchronize
+    fn = make_fn()
+    fn()
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    estimate = max(time.perf_counter() - start, 1e-6)
+    n = max(3, min(max_calls, int(target_ms / loops / 1e3 / estimate)))
+    per_call = []
+    for _ in range(loops):
+        sync()
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        sync()
+        per_call.append((time.perf_counter() - start) * 1e3 / n)
+    return sorted(per_call)[len(per_call) // 2]

@@ -5,6 +5,9 @@ no running statistics and a large-mean channel as variants) and every quantity (
 statistics, first- and second-order gradients) one row records the max absolute and normwise relative
 error of each provider and whether it is within ``TOL`` (:mod:`tritonbn.correctness.tolerances`).
 
+``--max-seconds`` stops starting new cases after that long; the file then holds the complete rows of the
+cases run so far, and the summary says how many were left out.
+
 Exit status: 0 when tritonbn passes every tolerance, 1 when it fails one (torch's failures are recorded
 only), 2 on bad usage.
 """
@@ -42,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="default: cuda if available")
     p.add_argument("--out", type=Path, default=Path("bench_results"), help="results root (default: bench_results)")
     p.add_argument("--limit", type=int, default=None, help="run only the first LIMIT cases of the grid")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="start no new case after this many seconds; the file holds the cases run so far",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -105,8 +114,12 @@ def run(args: argparse.Namespace) -> int:
     counts: Counter[tuple[str, str]] = Counter()
     failures: list[dict[str, object]] = []
     start = time.perf_counter()
+    done = 0
     with CsvWriter(path, CORRECTNESS_COLUMNS) as writer:
         for case in _progress(cases, len(cases), args.no_progress):
+            if done and args.max_seconds is not None and time.perf_counter() - start >= args.max_seconds:
+                break
+            done += 1
             for row in run_case(case, providers, device, skips.get(case.dtype)):
                 row = {**prov, **row, "device": label}
                 writer.write(row)
@@ -115,7 +128,9 @@ def run(args: argparse.Namespace) -> int:
                     failures.append(row)
     elapsed = time.perf_counter() - start
 
-    print(f"tritonbn-check: {len(cases)} cases on {label} in {elapsed:.1f} s -> {writer.path}")
+    print(f"tritonbn-check: {done} cases on {label} in {elapsed:.1f} s -> {writer.path}")
+    if done < len(cases):
+        print(f"  stopped after {done} of {len(cases)} cases (--max-seconds {args.max_seconds:g} reached)")
     for provider in args.provider:
         c = {s: counts[(provider, s)] for s in ("ok", "fail", "error", "skipped")}
         print(
@@ -139,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.limit is not None and args.limit < 1:
         build_parser().error("--limit must be positive")
+    if args.max_seconds is not None and args.max_seconds <= 0:
+        build_parser().error("--max-seconds must be positive")
     return run(args)
 
 
