@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 RESULTS ?= bench_results
 PORT ?= 8501
 PYTEST_ARGS ?=
+GPU_SESSION_OUT ?= gpu-session
+GPU_SESSION_ARGS ?=
 
 # CPU machines get the CPU build of torch, installed before anything else so nothing pulls a CUDA build.
 HAS_CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
@@ -15,7 +17,7 @@ else
 TEST_ENV := TRITON_INTERPRET=1
 endif
 
-.PHONY: help venv lint test test-gpu bench check dashboard clean
+.PHONY: help venv lint test test-gpu bench check gpu-session dashboard clean
 
 help:
 	@echo "make test       run the test suite (Triton interpreter on CPU, kernels on CUDA)"
@@ -24,6 +26,7 @@ help:
 	@echo "make test-gpu   only the tests marked gpu (needs CUDA)"
 	@echo "make bench      tritonbn-bench --suite quick (needs CUDA)"
 	@echo "make check      tritonbn-check --quick"
+	@echo "make gpu-session  tritonbn-gpu-session --out $(GPU_SESSION_OUT) (needs CUDA; GPU_SESSION_ARGS=--dry-run anywhere)"
 
 venv: $(VENV)/.installed
 
@@ -51,6 +54,10 @@ bench: venv
 
 check: venv
 	$(TEST_ENV) $(VENV)/bin/tritonbn-check --quick --out $(RESULTS)
+
+# The whole GPU agenda in one command within a time budget (README, "On a GPU").
+gpu-session: venv
+	$(VENV)/bin/tritonbn-gpu-session --out $(GPU_SESSION_OUT) $(GPU_SESSION_ARGS)
 
 # Without CUDA the Gradients page runs tritonbn's kernels in Triton's interpreter (tiny live examples).
 dashboard: venv

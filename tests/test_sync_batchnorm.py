@@ -38,6 +38,10 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
 
 def _spawn(tmp_path, monkeypatch, world_size: int, target) -> None:
     """Run ``target(rank, world_size)`` in ``world_size`` gloo ranks; fail with the ranks' own errors."""
+    if torch.cuda.is_available():
+        # These ranks run the kernels in Triton's interpreter on CPU tensors, which CI covers; on a CUDA
+        # machine test_sync_batchnorm_on_cuda checks the same layer on CUDA tensors instead.
+        pytest.skip("interpreter ranks on CPU tensors; on CUDA see test_sync_batchnorm_on_cuda")
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # inherited by the spawned interpreters
     try:
         mp.spawn(_rank_main, args=(world_size, str(tmp_path), target), nprocs=world_size, join=True)
@@ -367,3 +371,40 @@ def test_world_of_one_is_single_process_batchnorm(kernels, tmp_path):
         _single_process_matches_batchnorm(kernels, train=True)
     finally:
         dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The same layer over a process group on CUDA tensors (and on the CPU through the interpreter)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _assert_sync_rows(rows, expect_skipped=()):
+    by_status = {}
+    for r in rows:
+        by_status.setdefault(r["status"], []).append(r)
+    assert not by_status.get("error") and not by_status.get("fail"), [
+        (r["check"], r.get("quantity"), r.get("max_rel_err"), r.get("note")) for r in rows if r["status"] != "ok"
+    ]
+    assert sorted({r["check"] for r in by_status.get("skipped", [])}) == sorted(expect_skipped)
+    checked = {r["quantity"] for r in by_status["ok"]}
+    assert {"y", "dx", "dweight", "dbias", "running_mean", "running_var"} <= checked
+
+
+@pytest.mark.gpu
+def test_sync_batchnorm_on_cuda():
+    """Two gloo ranks sharing the GPU with uneven batches (fp32, and fp16 channels_last), and a one-rank
+    NCCL group through SyncBatchNormFunction, against float64 on the concatenated batch."""
+    from tritonbn.gpu_session.sync import run_sync_checks
+
+    _assert_sync_rows(run_sync_checks("cuda", timeout_s=120))
+
+
+def test_sync_checks_of_the_gpu_session_on_cpu(kernels, monkeypatch):
+    """The gpu session's sync step on the CPU: gloo ranks in the interpreter; NCCL is skipped."""
+    if kernels == "cuda":
+        pytest.skip("test_sync_batchnorm_on_cuda covers CUDA")
+    from tritonbn.gpu_session.sync import SYNC_CASES, run_sync_checks
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    rows = run_sync_checks("cpu", cases=SYNC_CASES, timeout_s=120)
+    _assert_sync_rows(rows, expect_skipped=["nccl-1"])

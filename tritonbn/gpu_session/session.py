@@ -1,0 +1,280 @@
+"""The session runner: steps in priority order, each a subprocess with its own time cap, inside one budget.
+
+Every step runs as a child process (``python -m ...``) in its own process group, with
+
+- a **cap**: ``min(step cap, what the budget has left)``; a step whose cap would fall below its minimum is
+  skipped and recorded as skipped. The ``kernels`` step runs last (it reads what the others compiled) but
+  its cap is reserved from the start, as is a few seconds' reserve to write the summary and the archive;
+- a **soft deadline** inside the cap that the tools honour (pytest skips the tests not started by then,
+  ``tritonbn-check`` / ``tritonbn-bench`` start no new case), so a step normally ends on its own with a
+  complete report;
+- a **hard timeout** at the cap: the process group is terminated, the step is ``timed out`` and whatever
+  files it wrote go to ``partial/`` in the archive, never into ``bench_results/``.
+
+Results are staged per step and moved into ``bench_results/<device>/`` only when the step finished by
+itself (``ok`` or ``failed``: tests or checks that failed are results too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from tritonbn.schema import unique_path
+
+__all__ = ["FINAL_RESERVE_S", "Session", "Step", "StepResult"]
+
+#: Seconds kept back from the budget to write the summary and the archive.
+FINAL_RESERVE_S = 5.0
+HEARTBEAT_S = 30.0
+KILL_GRACE_S = 5.0
+
+
+@dataclass
+class StepResult:
+    """What became of one step: ``ok``, ``failed`` (it ran; tests or checks failed), ``error`` (it crashed),
+    ``timed out`` (killed at its cap) or ``skipped`` (not run; ``note`` says why)."""
+
+    name: str
+    status: str
+    seconds: float | None = None
+    cap_s: float | None = None
+    note: str = ""
+    files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Step:
+    """One step of the session.
+
+    ``run(session, cap_s)`` runs it within ``cap_s`` seconds and returns ``(status, note)``; ``min_s`` is
+    the least time worth starting it with; ``margin_s`` is how long before the cap its soft deadline falls;
+    ``needs`` lists modules without which it is skipped.
+    """
+
+    name: str
+    title: str
+    cap_s: float
+    min_s: float
+    margin_s: float
+    run: Callable[[Session, float], tuple[str, str]]
+    needs: tuple[str, ...] = ()
+    last: bool = False
+
+
+def missing_modules(names: tuple[str, ...]) -> list[str]:
+    import importlib.util
+
+    return [n for n in names if importlib.util.find_spec(n) is None]
+
+
+class Session:
+    """A budget clock, a work folder, a log, and the child processes of the steps."""
+
+    def __init__(
+        self,
+        out: Path,
+        work: Path,
+        budget_s: float,
+        *,
+        python: str = sys.executable,
+        repo: Path | None = None,
+        env: dict[str, str] | None = None,
+        log: TextIO | None = None,
+        echo: bool = True,
+    ) -> None:
+        self.t0 = time.monotonic()
+        self.budget_s = budget_s
+        self.out = Path(out)
+        self.work = Path(work)
+        self.python = python
+        self.repo = Path(repo) if repo is not None else Path(__file__).resolve().parents[2]
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.results = self.work / "results" / "bench_results"
+        self.partial = self.work / "partial"
+        self.junit = self.work / "junit"
+        self.cache = self.work / "triton-cache"
+        self.log_path = self.out / "session.log"
+        self._log = log or self.log_path.open("a", encoding="utf-8")
+        self._own_log = log is None
+        self.echo = echo
+        self.env = dict(os.environ if env is None else env)
+        self.env.pop("TRITON_INTERPRET", None)  # the session measures the compiled kernels, never the interpreter
+        self.env["TRITON_CACHE_DIR"] = str(self.cache)  # cold, and the kernels step reads it
+        self.env["TORCHINDUCTOR_CACHE_DIR"] = str(self.work / "inductor-cache")
+        self.env["PYTHONUNBUFFERED"] = "1"
+        self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(self.repo), self.env.get("PYTHONPATH", "")) if p)
+        self.environment: dict = {}
+        self.steps: list[StepResult] = []
+        self._lock = threading.Lock()
+
+    # -- time ---------------------------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def remaining(self) -> float:
+        return self.budget_s - self.elapsed()
+
+    # -- output -------------------------------------------------------------------------------------------
+    def say(self, line: str) -> None:
+        with self._lock:
+            self._log.write(line + "\n")
+            self._log.flush()
+            if self.echo:
+                print(line, flush=True)
+
+    def staging(self, step: str) -> Path:
+        path = self.work / "staging" / step
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # -- children -----------------------------------------------------------------------------------------
+    def command(
+        self, argv: list[str], timeout_s: float, env: dict[str, str] | None = None, tag: str = ""
+    ) -> int | None:
+        """Run ``argv`` (cwd: the repository) with its output in the log; its return code, or ``None`` when
+        it was killed at ``timeout_s``."""
+        tag = tag or Path(argv[2] if len(argv) > 2 and argv[1] == "-m" else argv[0]).name
+        self.say(f"[{tag}] $ {' '.join(argv)}")
+        proc = subprocess.Popen(
+            argv,
+            cwd=self.repo,
+            env={**self.env, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        )
+
+        def pump():
+            for line in proc.stdout:
+                self.say(f"[{tag}] {line.rstrip()}")
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        start = time.monotonic()
+        killed = False
+        while True:
+            left = timeout_s - (time.monotonic() - start)
+            if left <= 0:
+                killed = True
+                self._kill(proc)
+                break
+            try:
+                proc.wait(timeout=min(HEARTBEAT_S, left))
+                break
+            except subprocess.TimeoutExpired:
+                if timeout_s - (time.monotonic() - start) > 0:
+                    self.say(f"[{tag}] ... {time.monotonic() - start:.0f} s of at most {timeout_s:.0f} s")
+        reader.join(timeout=10)
+        if killed:
+            self.say(f"[{tag}] killed at its time cap of {timeout_s:.0f} s")
+            return None
+        return proc.returncode
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen) -> None:
+        for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, KILL_GRACE_S)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    # -- provenance ---------------------------------------------------------------------------------------
+    def provenance(self) -> dict[str, str]:
+        """The provenance columns measured by the ``env`` step (or collected here if it did not run)."""
+        prov = self.environment.get("provenance")
+        if prov:
+            return dict(prov)
+        from tritonbn import provenance
+
+        return provenance.collect()
+
+    # -- the loop -----------------------------------------------------------------------------------------
+    def run_steps(self, steps: list[Step]) -> list[StepResult]:
+        """Run ``steps`` in order (``last`` ones at the end, their caps reserved from the start)."""
+        reserved = sum(s.cap_s for s in steps if s.last)
+        ordered = [s for s in steps if not s.last] + [s for s in steps if s.last]
+        for step in ordered:
+            if step.last:
+                reserved -= step.cap_s
+            available = self.remaining() - FINAL_RESERVE_S - reserved
+            cap = min(step.cap_s, available)
+            missing = missing_modules(step.needs)
+            if missing:
+                result = StepResult(step.name, "skipped", note=f"needs {', '.join(missing)}, not installed here")
+            elif cap < step.min_s:
+                result = StepResult(
+                    step.name,
+                    "skipped",
+                    note=f"time budget: {max(available, 0):.0f} s left, the step needs at least {step.min_s:.0f} s",
+                )
+            else:
+                result = self._run_one(step, cap)
+            self.steps.append(result)
+            self.say(f"== {step.name}: {result.status}" + (f" ({result.note})" if result.note else ""))
+        return self.steps
+
+    def _run_one(self, step: Step, cap: float) -> StepResult:
+        self.say(f"== {step.name}: {step.title} (cap {cap:.0f} s, {self.remaining():.0f} s of the budget left)")
+        start = time.monotonic()
+        try:
+            status, note = step.run(self, cap)
+        except Exception as e:  # noqa: BLE001 - a broken step must not take the session down
+            status, note = "error", f"{type(e).__name__}: {e}".replace("\n", " ")[:300]
+        seconds = time.monotonic() - start
+        staged = self.work / "staging" / step.name
+        complete = status in ("ok", "failed")
+        dest_root = self.results.parent if complete else self.partial / step.name
+        files = []
+        if staged.exists():
+            for src in sorted(p for p in staged.rglob("*") if p.is_file()):
+                rel = src.relative_to(staged)
+                dest = unique_path(dest_root / ("bench_results" if complete else "") / rel)  # never overwrite
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(src), dest)
+                files.append(dest.relative_to(self.work).as_posix())
+        if not complete and files:
+            note += f"; its {len(files)} file(s) are kept under partial/, not in bench_results/"
+        return StepResult(step.name, status, round(seconds, 1), round(cap, 1), note, files)
+
+    # -- the end ------------------------------------------------------------------------------------------
+    def finish(self, summary: str) -> Path:
+        """Write ``summary.md`` and ``steps.json``, pack everything into ``gpu-session.tar.gz`` (in ``out``)."""
+        (self.out / "summary.md").write_text(summary, encoding="utf-8")
+        (self.work / "summary.md").write_text(summary, encoding="utf-8")
+        (self.work / "steps.json").write_text(json.dumps([asdict(s) for s in self.steps], indent=1))
+        self.say(summary)
+        self._log.flush()
+        archive = self.out / "gpu-session.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            for path, arcname in (
+                (self.results, "bench_results"),
+                (self.junit, "junit"),
+                (self.partial, "partial"),
+                (self.work / "summary.md", "summary.md"),
+                (self.work / "steps.json", "steps.json"),
+                (self.log_path, "session.log"),
+            ):
+                if path.exists():
+                    tar.add(path, arcname=arcname)
+        if self._own_log:
+            self._log.close()
+        return archive
