@@ -192,7 +192,7 @@ def traffic_bytes(
       dbias (3·C).
 
     The eval backward of a layer without weight does not need x (dx = dy·invstd); the model still counts
-    it, as DESIGN §5 prescribes, so the numbers of all configurations are on one scale.
+    it, so the numbers of all configurations are on one scale.
     """
     if pass_ not in PASSES:
         raise ValueError(f"pass_ must be one of {PASSES}, got {pass_!r}")
