@@ -26,7 +26,8 @@ help:
 	@echo "make test-gpu   only the tests marked gpu (needs CUDA)"
 	@echo "make bench      tritonbn-bench --suite quick (needs CUDA)"
 	@echo "make check      tritonbn-check --quick"
-	@echo "make gpu-session  tritonbn-gpu-session --out $(GPU_SESSION_OUT) (needs CUDA; GPU_SESSION_ARGS=--dry-run anywhere)"
+	@echo "make gpu-session  tritonbn-gpu-session --out $(GPU_SESSION_OUT) with python3's own packages (needs CUDA;"
+	@echo "                 GPU_SESSION_ARGS=--dry-run on any machine whose python3 has torch, e.g. PYTHON=.venv/bin/python)"
 
 venv: $(VENV)/.installed
 
@@ -55,9 +56,11 @@ bench: venv
 check: venv
 	$(TEST_ENV) $(VENV)/bin/tritonbn-check --quick --out $(RESULTS)
 
-# The whole GPU agenda in one command within a time budget (README, "On a GPU").
-gpu-session: venv
-	$(VENV)/bin/tritonbn-gpu-session --out $(GPU_SESSION_OUT) $(GPU_SESSION_ARGS)
+# The whole GPU agenda in one command within a time budget (README, "On a GPU"), with the machine's own
+# Python and its packages (torch, triton, pytest; pytest-xdist, pytest-timeout, torchvision if present):
+# nothing is installed, so it also runs on a GPU machine without a network.
+gpu-session:
+	PYTHONPATH=. $(PYTHON) -m tritonbn.gpu_session --out $(GPU_SESSION_OUT) $(GPU_SESSION_ARGS)
 
 # Without CUDA the Gradients page runs tritonbn's kernels in Triton's interpreter (tiny live examples).
 dashboard: venv

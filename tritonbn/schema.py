@@ -165,14 +165,20 @@ RESULT_KINDS: dict[str, str] = {
 }
 
 
-def unique_path(path: Path) -> Path:
+def unique_path(path: Path, also_in: Path | None = None) -> Path:
     """``path`` if no file is there, else the first free ``<stem>_<k><suffix>`` (k = 2, 3, ...).
 
     A kind's ending of the stem (``_check``, ``_env``, ... of :data:`RESULT_KINDS`) is kept last
-    (``2025-01-31_abc1234_2_check.csv``), so files are still recognised by their ending.
+    (``2025-01-31_abc1234_2_check.csv``), so files are still recognised by their ending. With ``also_in``,
+    a name is free only if that folder has no file of the same name either (results made elsewhere, to be
+    copied into ``also_in``, never replace one there).
     """
     path = Path(path)
-    if not path.exists():
+
+    def taken(p: Path) -> bool:
+        return p.exists() or (also_in is not None and (Path(also_in) / p.name).exists())
+
+    if not taken(path):
         return path
     stem, tail = path.stem, ""
     for ending in RESULT_KINDS.values():
@@ -182,7 +188,7 @@ def unique_path(path: Path) -> Path:
     k = 2
     while True:
         candidate = path.with_name(f"{stem}_{k}{tail}{path.suffix}")
-        if not candidate.exists():
+        if not taken(candidate):
             return candidate
         k += 1
 

@@ -93,6 +93,19 @@ def test_wall_time_per_call_is_a_synchronised_loop_divided():
     assert syncs[-1] == len(calls)  # the last call is synchronised before the clock stops
 
 
+def test_spread_order_samples_every_shape_first():
+    from tritonbn.bench.__main__ import planned_configurations
+
+    grid = planned_configurations(build_parser().parse_args(["--suite", "quick", "resnet50"]))
+    spread = planned_configurations(build_parser().parse_args(["--suite", "quick", "resnet50", "--order", "spread"]))
+    assert sorted(map(repr, grid)) == sorted(map(repr, spread))  # the same configurations
+    shapes = {(c.suite, c.shape) for c in grid}
+    first = spread[: len(shapes)]
+    assert {(c.suite, c.shape) for c in first} == shapes  # each shape once before any twice
+    variants = {(c.dtype, c.layout, c.mode) for c in first}
+    assert len(variants) == 12 and {c.mode for c in first} == {"train", "eval"}
+
+
 def test_max_seconds_and_planned_configurations():
     from tritonbn.bench.__main__ import planned_configurations
 

@@ -96,6 +96,8 @@ def test_check_run_in_interpreter(run_cli, tmp_path):
         "--out",
         str(tmp_path),
         "--no-progress",
+        "--device",
+        "cpu",  # the interpreter runs CPU tensors, also on a machine with a GPU
         env={"TRITON_INTERPRET": "1"},
     )
     assert res.returncode == 0, res.stdout + res.stderr

@@ -62,21 +62,35 @@ def test_refuses_without_cuda(capsys, tmp_path):
 def test_only_selects_steps_in_priority_order_and_always_env():
     assert [s.name for s in selected_steps(["train", "tests"])] == ["env", "tests", "train"]
     assert [s.name for s in selected_steps(None)] == list(STEP_NAMES)
-    with pytest.raises(ValueError, match="unknown step"):
-        selected_steps(["bogus"])
+    (bench,) = [s for s in selected_steps(["bench"], [("bench", 500.0)]) if s.name == "bench"]
+    assert bench.cap_s == 500.0
+    for only, caps in ((["bogus"], []), ([], []), (None, [("nope", 5.0)])):
+        with pytest.raises(ValueError, match="step"):
+            selected_steps(only, caps)
+    for argv in (["--only", "bogus"], ["--only", ","], ["--budget-s", "nan"], ["--budget-s", "0"], ["--cap", "x"]):
+        with pytest.raises(SystemExit) as e:
+            main([*argv, "--dry-run"])
+        assert e.value.code == 2
+
+
+def test_an_out_folder_holding_a_session_is_refused(tmp_path, capsys):
+    (tmp_path / "summary.md").write_text("earlier session")
     with pytest.raises(SystemExit) as e:
-        main(["--only", "bogus", "--dry-run"])
-    assert e.value.code == 2
+        main(["--out", str(tmp_path)])
+    assert e.value.code == 2 and "already holds a session" in capsys.readouterr().err
+    assert (tmp_path / "summary.md").read_text() == "earlier session"
 
 
 def test_default_caps_fit_the_budget_with_the_reserves():
-    """Priority order as the GPU agenda lists it; the kernels step runs last with its cap reserved; a cold
-    session's caps add up to no more than the default budget plus what the fast steps leave unused."""
+    """Priority order as the GPU agenda lists it; the kernels step runs last with its cap reserved; within
+    the default budget the correctness steps (environment, tests, kernels, check) always get their whole
+    caps, and the rest shrink or are skipped by the rules, never overrun."""
     assert STEP_NAMES == ("env", "gpu-tests", "tests", "kernels", "check", "bench", "sync", "train")
     assert [s.name for s in STEPS if s.last] == ["kernels"]
     for s in STEPS:
         assert 0 < s.min_s <= s.cap_s and 0 <= s.margin_s < s.cap_s
-    assert sum(s.cap_s for s in STEPS) + FINAL_RESERVE_S <= 360 * 1.2
+    first = STEP_NAMES[: STEP_NAMES.index("check") + 1]
+    assert sum(s.cap_s for s in STEPS if s.name in first) + FINAL_RESERVE_S <= 360
 
 
 # --- the runner: budget, caps, staging, packing ------------------------------------------------------------
@@ -129,7 +143,7 @@ def test_a_step_that_overruns_its_cap_is_killed_and_quarantined(tmp_path):
     assert r.status == "timed out" and "partial/" in r.note
     assert not (tmp_path / "work/results/bench_results").exists()
     assert (tmp_path / "work/partial/slow/test-gpu/2026-01-02_abc1234_env.csv").exists()
-    assert "killed at its time cap" in (tmp_path / "out/session.log").read_text()
+    assert "stopped at its time cap" in (tmp_path / "out/session.log").read_text()
 
 
 def test_budget_shrinks_caps_skips_what_does_not_fit_and_reserves_the_last_step(tmp_path):
@@ -156,6 +170,70 @@ def test_budget_shrinks_caps_skips_what_does_not_fit_and_reserves_the_last_step(
     assert by["big"].status == "skipped" and "time budget" in by["big"].note
     assert by["needs"].status == "skipped" and "no_such_module_xyz" in by["needs"].note
     assert by["last"].status == "ok" and caps["last"] == pytest.approx(10.0)
+
+
+def test_results_never_take_a_name_the_checkout_already_has(tmp_path):
+    """Extracting a session's archive into the checkout it ran from never replaces a committed file."""
+    committed = tmp_path / "repo" / "bench_results" / "test-gpu" / "2026-01-02_abc1234_env.csv"
+    committed.parent.mkdir(parents=True)
+    committed.write_text("committed earlier")
+    s = Session(tmp_path / "out", tmp_path / "work", 60.0, echo=False, repo=tmp_path / "repo")
+    (r,) = s.run_steps([_step("a", _writer("env"))])
+    assert r.files == ["results/bench_results/test-gpu/2026-01-02_abc1234_2_env.csv"]
+
+
+def test_a_pytest_run_stopped_at_its_cap_still_writes_its_report(tmp_path):
+    """The stop starts with SIGINT, on which pytest writes the JUnit report of the tests that ran."""
+    (tmp_path / "test_slow.py").write_text("import time\n\ndef test_fast():\n    pass\n\n"
+                                           "def test_slow():\n    time.sleep(60)\n")  # fmt: skip
+    s = Session(tmp_path / "out", tmp_path / "work", 60.0, echo=False, repo=tmp_path)
+    xml = tmp_path / "r.xml"
+    start = time.monotonic()
+    rc = s.command([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}",
+                    "test_slow.py"], timeout_s=16.0)  # fmt: skip
+    assert rc is None and time.monotonic() - start < 16.0
+    outcomes = {r["nodeid"]: r["outcome"] for r in junit_rows(xml, "tests", root=tmp_path)}
+    assert outcomes["test_slow.py::test_fast"] == "passed"
+
+
+def test_the_output_folder_is_brought_up_to_date_after_every_step(tmp_path):
+    seen = []
+
+    def look(session, cap):
+        seen.append(sorted(p.name for p in session.out.iterdir()))
+        return "ok", ""
+
+    s = Session(tmp_path / "out", tmp_path / "work", 60.0, echo=False, summarize=lambda s: f"{len(s.steps)} steps")
+    s.run_steps([_step("a", _writer("env")), _step("b", look)])
+    assert seen == [["gpu-session.tar.gz", "session.log", "summary.md"]]
+    assert (tmp_path / "out" / "summary.md").read_text() == "2 steps"
+
+
+def test_a_signal_stops_the_running_step_and_skips_the_rest(tmp_path):
+    """SIGTERM during a step: its child processes are stopped, the step is 'interrupted', the others
+    skipped, and the output folder still gets the summary and the archive; exit status 1."""
+    import argparse
+    import os
+    import signal
+    import threading
+
+    from tritonbn.gpu_session.__main__ import run
+
+    steps = [_step("a", _writer("env")), _step("sleepy", _sleeper(60), cap=50.0), _step("never", _writer("env"))]
+    args = argparse.Namespace(out=tmp_path / "out", work_dir=tmp_path / "work", budget_s=100.0)
+    timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    start = time.monotonic()
+    try:
+        rc = run(args, steps)
+    finally:
+        timer.cancel()
+    assert rc == 1 and time.monotonic() - start < 30
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
+    text = (tmp_path / "out" / "summary.md").read_text()
+    assert "| sleepy | interrupted |" in text and "| never | skipped |" in text and "| a | ok |" in text
+    with tarfile.open(tmp_path / "out" / "gpu-session.tar.gz") as tar:
+        assert "bench_results/test-gpu/2026-01-02_abc1234_env.csv" in tar.getnames()
 
 
 def test_a_crashing_step_is_an_error_not_a_crash(tmp_path):
@@ -283,6 +361,11 @@ def test_bench_ratios_are_geomeans_over_configurations_both_timed(tmp_path):
     assert n == 2 and g == pytest.approx(1.0) and worst == pytest.approx(0.5)
     g, worst, n = bench_ratios(read, "cudnn", metric="wall_ms")["fp16"]
     assert n == 2 and g == pytest.approx(1.0) and worst == pytest.approx(0.5)
+    # GPU times from different timers (a CUDA graph against do_bench) are not compared
+    mixed = [dict(r, timer="cudagraph" if r["provider"] == "tritonbn" and r["spatial"] == "a" else "do_bench")
+             for r in read]  # fmt: skip
+    assert bench_ratios(mixed, "cudnn")["fp16"][2] == 1
+    assert bench_ratios(mixed, "cudnn", metric="wall_ms")["fp16"][2] == 2
 
 
 def test_summary_of_fixture_results_has_every_section(tmp_path):
@@ -306,7 +389,7 @@ def test_training_step_on_a_tiny_model(kernels):
     from tritonbn.gpu_session.train import run_training
 
     rows = run_training("tiny", ("fp32",), timed_steps=1, device=kernels)
-    assert [(r["batch_norm"], r["status"]) for r in rows] == [("torch", "ok"), ("tritonbn-fused", "ok")]
+    assert [(r["batch_norm"], r["status"]) for r in rows] == [("torch", "ok"), ("tritonbn", "ok")]
     torch_row, ours = rows
     assert (torch_row["bn_layers"], torch_row["fused_relu"]) == (3, 0)
     assert (ours["bn_layers"], ours["fused_relu"]) == (3, 1)

@@ -70,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="start no new configuration after this many seconds; the file holds those measured so far",
     )
     p.add_argument("--limit", type=int, default=None, help="only the first LIMIT configurations")
+    p.add_argument(
+        "--order",
+        choices=["grid", "spread"],
+        default="grid",
+        help="grid: suite, shape, dtype, layout, mode; spread: one configuration of each shape in turn, "
+        "neighbouring shapes in different dtypes/layouts/modes, so a run cut short by --max-seconds or "
+        "--limit still samples them all (default grid)",
+    )
     p.add_argument("--list-suites", action="store_true", help="print the shapes of the suites and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -173,13 +181,16 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def planned_configurations(args: argparse.Namespace) -> list:
-    """The configurations a run with ``args`` measures, in order (``--limit`` applied): no GPU needed."""
-    from tritonbn.bench.runner import configurations
+    """The configurations a run with ``args`` measures, in order (``--order``, then ``--limit``): no GPU
+    needed."""
+    from tritonbn.bench.runner import configurations, spread_order
     from tritonbn.correctness.tolerances import parse_dtype
 
     suites = {name: get_suite(name) for name in args.suite}
     affines = {"true": [True], "false": [False], "both": [True, False]}[args.affine]
     configs = list(configurations(suites, [parse_dtype(d) for d in args.dtype], args.layout, args.mode, affines))
+    if getattr(args, "order", "grid") == "spread":
+        configs = spread_order(configs)
     return configs[: args.limit] if args.limit is not None else configs
 
 

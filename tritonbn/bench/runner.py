@@ -17,7 +17,7 @@ from tritonbn.bench.providers import EPS, BenchTensors, detect_backend, make_for
 from tritonbn.bench.suites import PASSES, Shape, traffic_bytes
 from tritonbn.correctness.tolerances import condition_number, dtype_name, errors, tolerance
 
-__all__ = ["BenchConfig", "Timer", "WallTimer", "configurations", "run_config", "verify"]
+__all__ = ["BenchConfig", "Timer", "WallTimer", "configurations", "run_config", "spread_order", "verify"]
 
 #: ``timer(make_fn, use_cudagraph) -> ((median, p20, p80), timer_name)``; make_fn builds the timed callable.
 Timer = Callable[[Callable[[], Callable[[], object]], bool], tuple[tuple[float, float, float], str]]
@@ -57,6 +57,27 @@ def configurations(
                     for mode in modes:
                         for affine in affines:
                             yield BenchConfig(suite, shape, dtype, layout, mode, affine)
+
+
+def spread_order(configs: list[BenchConfig]) -> list[BenchConfig]:
+    """The same configurations, one of each (suite, shape) in turn: shape ``j``'s own list (in grid order)
+    is rotated by ``j``, so neighbouring shapes start at different dtypes, layouts and modes, and any prefix
+    of the result samples every shape and most variants."""
+    from collections import deque
+
+    by_shape: dict[tuple, list[BenchConfig]] = {}
+    for c in configs:
+        by_shape.setdefault((c.suite, c.shape), []).append(c)
+    queues = []
+    for j, group in enumerate(by_shape.values()):
+        k = j % len(group)
+        queues.append(deque(group[k:] + group[:k]))
+    out = []
+    while queues:
+        for q in queues:
+            out.append(q.popleft())
+        queues = [q for q in queues if q]
+    return out
 
 
 def _reference(cfg: BenchConfig, t: BenchTensors) -> tuple[dict[str, torch.Tensor | None], float]:

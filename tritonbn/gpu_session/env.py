@@ -22,20 +22,22 @@ import torch
 __all__ = ["build_parser", "collect_environment", "main"]
 
 
-def _nvidia_smi(field: str) -> str | None:
+def _nvidia_smi(fields: list[str]) -> dict[str, str]:
+    """``nvidia-smi --query-gpu`` of GPU 0 in one call (10 s at most); empty without nvidia-smi."""
     if not shutil.which("nvidia-smi"):
-        return None
+        return {}
     try:
         out = subprocess.run(
-            ["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader,nounits", "-i", "0"],
+            ["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits", "-i", "0"],
             capture_output=True,
             text=True,
-            timeout=20,
+            timeout=10,
             check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return None
-    return out.splitlines()[0].strip() if out else None
+        return {}
+    values = [v.strip() for v in out.splitlines()[0].split(",")] if out else []
+    return dict(zip(fields, values, strict=False))
 
 
 def _version(module: str) -> str:
@@ -89,15 +91,16 @@ def collect_environment(measure_bandwidth: bool = True) -> list[dict]:
             ("cudnn", torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else "none", ""),
             ("nccl", _nccl_version(), ""),
         ]
-        for quantity, field, unit in (
+        smi_fields = (
             ("driver", "driver_version", ""),
             ("clock_sm_max_mhz", "clocks.max.sm", "MHz"),
             ("clock_mem_max_mhz", "clocks.max.memory", "MHz"),
             ("power_limit_w", "power.limit", "W"),
-        ):
-            value = _nvidia_smi(field)
-            if value is not None:
-                rows.append((quantity, value, unit))
+        )
+        smi = _nvidia_smi([field for _, field, _ in smi_fields])
+        for quantity, field, unit in smi_fields:
+            if smi.get(field) not in (None, "", "[N/A]"):
+                rows.append((quantity, smi[field], unit))
         if measure_bandwidth:
             from tritonbn.bench.timing import copy_bandwidth_gbps
 

@@ -18,7 +18,7 @@ from tritonbn.schema import (
     result_path,
 )
 
-__all__ = ["COLUMNS", "device_label", "write_record"]
+__all__ = ["COLUMNS", "RecordWriter", "device_label", "write_record"]
 
 #: The columns of each kind of session record.
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -37,20 +37,30 @@ def device_label(prov: Mapping[str, str]) -> str:
     return "cpu-interpreter" if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") else "cpu-torch"
 
 
-def write_record(
-    rows: Iterable[Mapping[str, object]], kind: str, root: str | os.PathLike, prov: Mapping[str, str]
-) -> Path | None:
-    """Write ``rows`` (provenance added; missing columns left empty) to a new
-    ``<root>/<device>/<date>_<sha>_<kind>.csv`` and return its path (``None`` when there are no rows).
+class RecordWriter(CsvWriter):
+    """Rows of one kind, written as they come (each flushed) to a new
+    ``<root>/<device>/<date>_<sha>_<kind>.csv``; the provenance is added and missing columns are left empty.
 
     Raises ``KeyError`` for an unknown kind and for a row with a column that the kind does not have.
     """
-    columns = COLUMNS[kind]
-    path = result_path(root, device_label(prov), _provenance.utc_date(prov["timestamp"]), prov["git_sha"], kind=kind)
-    with CsvWriter(path, columns) as writer:
-        for row in rows:
-            extra = set(row) - set(columns)
-            if extra:
-                raise KeyError(f"{kind} rows have no column(s) {sorted(extra)}")
-            writer.write({c: row.get(c) for c in columns} | dict(prov))
+
+    def __init__(self, kind: str, root: str | os.PathLike, prov: Mapping[str, str]) -> None:
+        self.kind, self.prov = kind, dict(prov)
+        date = _provenance.utc_date(prov["timestamp"])
+        super().__init__(result_path(root, device_label(prov), date, prov["git_sha"], kind=kind), COLUMNS[kind])
+
+    def write(self, row: Mapping[str, object]) -> None:
+        extra = set(row) - set(self.columns)
+        if extra:
+            raise KeyError(f"{self.kind} rows have no column(s) {sorted(extra)}")
+        super().write({c: row.get(c) for c in self.columns} | self.prov)
+
+
+def write_record(
+    rows: Iterable[Mapping[str, object]], kind: str, root: str | os.PathLike, prov: Mapping[str, str]
+) -> Path | None:
+    """Write ``rows`` with a :class:`RecordWriter` and return the file's path (``None`` when there are no
+    rows: no file is created)."""
+    with RecordWriter(kind, root, prov) as writer:
+        writer.write_all(rows)
     return writer.path

@@ -19,11 +19,11 @@ from pathlib import Path
 __all__ = ["check_arguments", "check_collection", "check_imports", "check_kernel_reader", "check_packing", "run_all"]
 
 REQUIRED = ("torch", "triton", "pytest", "numpy")
+#: module -> (package, what happens without it)
 OPTIONAL = {
-    "xdist": "the test steps run in one process (pytest-xdist spreads the compile bill over the CPU cores)",
-    "pytest_timeout": "the test steps have no per-test timeout (pytest-timeout)",
-    "torchvision": "the train step would be skipped (it builds torchvision's ResNet-50)",
-    "tqdm": "no progress bars (tqdm)",
+    "xdist": ("pytest-xdist", "the test steps run in one process, not spread over the CPU cores"),
+    "pytest_timeout": ("pytest-timeout", "the test steps have no per-test timeout"),
+    "torchvision": ("torchvision", "the train step would be skipped (it builds torchvision's ResNet-50)"),
 }
 FIXTURE_GPU = "Fixture GPU (dry run)"
 
@@ -32,9 +32,9 @@ def check_imports(report: Callable[[str], None]) -> list[str]:
     from tritonbn.gpu_session.session import missing_modules
 
     problems = [f"{m} is not importable: every step needs it" for m in missing_modules(REQUIRED)]
-    for module, consequence in OPTIONAL.items():
+    for module, (package, consequence) in OPTIONAL.items():
         if missing_modules((module,)):
-            report(f"  note: {module} is not installed here: on a machine like this one {consequence}")
+            report(f"  note: {package} is not installed here: on a machine like this one {consequence}")
     return problems
 
 
@@ -177,7 +177,7 @@ def _write_fixtures(results: Path) -> None:
                 "bn_layers": 53,
                 "fused_relu": 0,
             }
-            for b, ms in (("torch", 100.0), ("tritonbn-fused", 90.0))
+            for b, ms in (("torch", 100.0), ("tritonbn", 90.0))
         ],  # fmt: skip
         "train",
         results,

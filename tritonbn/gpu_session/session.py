@@ -12,7 +12,10 @@ Every step runs as a child process (``python -m ...``) in its own process group,
   files it wrote go to ``partial/`` in the archive, never into ``bench_results/``.
 
 Results are staged per step and moved into ``bench_results/<device>/`` only when the step finished by
-itself (``ok`` or ``failed``: tests or checks that failed are results too).
+itself (``ok`` or ``failed``: tests or checks that failed are results too). After every step the summary,
+``steps.json`` and the archive in the output folder are brought up to date, so a session stopped from
+outside (SIGTERM or SIGINT: the running step's processes are stopped, the rest skipped) still leaves
+everything done so far.
 """
 
 from __future__ import annotations
@@ -34,18 +37,26 @@ from typing import TextIO
 
 from tritonbn.schema import unique_path
 
-__all__ = ["FINAL_RESERVE_S", "Session", "Step", "StepResult"]
+__all__ = ["FINAL_RESERVE_S", "Session", "SessionInterrupted", "Step", "StepResult", "process_age"]
 
 #: Seconds kept back from the budget to write the summary and the archive.
-FINAL_RESERVE_S = 5.0
+FINAL_RESERVE_S = 8.0
 HEARTBEAT_S = 30.0
+#: A child is asked to stop with SIGINT (pytest then still writes its JUnit report), given this long, then
+#: killed with its whole process group; its time cap includes this, so a step never outlasts its cap.
 KILL_GRACE_S = 5.0
+KILL_OVERHEAD_S = KILL_GRACE_S + 3.0
+
+
+class SessionInterrupted(Exception):
+    """The session got SIGTERM or SIGINT: the running step is stopped, the rest skipped."""
 
 
 @dataclass
 class StepResult:
     """What became of one step: ``ok``, ``failed`` (it ran; tests or checks failed), ``error`` (it crashed),
-    ``timed out`` (killed at its cap) or ``skipped`` (not run; ``note`` says why)."""
+    ``timed out`` (killed at its cap), ``interrupted`` (the session was stopped from outside) or
+    ``skipped`` (not run; ``note`` says why)."""
 
     name: str
     status: str
@@ -74,6 +85,17 @@ class Step:
     last: bool = False
 
 
+def process_age() -> float:
+    """Seconds since this process started (Linux ``/proc``; 0 where that cannot be read), so that a time
+    budget can include the interpreter's start and its imports."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0.0
+
+
 def missing_modules(names: tuple[str, ...]) -> list[str]:
     import importlib.util
 
@@ -94,11 +116,13 @@ class Session:
         env: dict[str, str] | None = None,
         log: TextIO | None = None,
         echo: bool = True,
+        t0: float | None = None,
+        summarize: Callable[[Session], str] | None = None,
     ) -> None:
-        self.t0 = time.monotonic()
+        self.t0 = time.monotonic() if t0 is None else t0  # time.monotonic() when the budget started
         self.budget_s = budget_s
-        self.out = Path(out)
-        self.work = Path(work)
+        self.out = Path(out).resolve()
+        self.work = Path(work).resolve()
         self.python = python
         self.repo = Path(repo) if repo is not None else Path(__file__).resolve().parents[2]
         self.out.mkdir(parents=True, exist_ok=True)
@@ -108,7 +132,7 @@ class Session:
         self.junit = self.work / "junit"
         self.cache = self.work / "triton-cache"
         self.log_path = self.out / "session.log"
-        self._log = log or self.log_path.open("a", encoding="utf-8")
+        self._log = log or self.log_path.open("w", encoding="utf-8")
         self._own_log = log is None
         self.echo = echo
         self.env = dict(os.environ if env is None else env)
@@ -119,6 +143,7 @@ class Session:
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(self.repo), self.env.get("PYTHONPATH", "")) if p)
         self.environment: dict = {}
         self.steps: list[StepResult] = []
+        self.summarize = summarize
         self._lock = threading.Lock()
 
     # -- time ---------------------------------------------------------------------------------------------
@@ -146,7 +171,7 @@ class Session:
         self, argv: list[str], timeout_s: float, env: dict[str, str] | None = None, tag: str = ""
     ) -> int | None:
         """Run ``argv`` (cwd: the repository) with its output in the log; its return code, or ``None`` when
-        it was killed at ``timeout_s``."""
+        it had to be stopped so as to return within ``timeout_s`` (stopping included)."""
         tag = tag or Path(argv[2] if len(argv) > 2 and argv[1] == "-m" else argv[0]).name
         self.say(f"[{tag}] $ {' '.join(argv)}")
         proc = subprocess.Popen(
@@ -167,35 +192,41 @@ class Session:
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
         start = time.monotonic()
+        limit = max(1.0, timeout_s - KILL_OVERHEAD_S)
         killed = False
-        while True:
-            left = timeout_s - (time.monotonic() - start)
-            if left <= 0:
-                killed = True
-                self._kill(proc)
-                break
-            try:
-                proc.wait(timeout=min(HEARTBEAT_S, left))
-                break
-            except subprocess.TimeoutExpired:
-                if timeout_s - (time.monotonic() - start) > 0:
-                    self.say(f"[{tag}] ... {time.monotonic() - start:.0f} s of at most {timeout_s:.0f} s")
-        reader.join(timeout=10)
+        try:
+            while True:
+                left = limit - (time.monotonic() - start)
+                if left <= 0:
+                    killed = True
+                    self._stop(proc)
+                    break
+                try:
+                    proc.wait(timeout=min(HEARTBEAT_S, left))
+                    break
+                except subprocess.TimeoutExpired:
+                    if limit - (time.monotonic() - start) > 0:
+                        self.say(f"[{tag}] ... {time.monotonic() - start:.0f} s of at most {limit:.0f} s")
+        except BaseException:  # interrupted: never leave the child's processes on the GPU
+            self._stop(proc)
+            raise
+        reader.join(timeout=3)
         if killed:
-            self.say(f"[{tag}] killed at its time cap of {timeout_s:.0f} s")
+            self.say(f"[{tag}] stopped at its time cap ({limit:.0f} s)")
             return None
         return proc.returncode
 
     @staticmethod
-    def _kill(proc: subprocess.Popen) -> None:
-        for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, KILL_GRACE_S)):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(timeout=wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+    def _stop(proc: subprocess.Popen) -> None:
+        """SIGINT to the child's process group (pytest writes its report), then SIGKILL to the whole group."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=KILL_GRACE_S)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # also the workers and ranks a finished leader left behind
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=2)
 
     # -- provenance ---------------------------------------------------------------------------------------
     def provenance(self) -> dict[str, str]:
@@ -212,7 +243,7 @@ class Session:
         """Run ``steps`` in order (``last`` ones at the end, their caps reserved from the start)."""
         reserved = sum(s.cap_s for s in steps if s.last)
         ordered = [s for s in steps if not s.last] + [s for s in steps if s.last]
-        for step in ordered:
+        for i, step in enumerate(ordered):
             if step.last:
                 reserved -= step.cap_s
             available = self.remaining() - FINAL_RESERVE_S - reserved
@@ -227,9 +258,19 @@ class Session:
                     note=f"time budget: {max(available, 0):.0f} s left, the step needs at least {step.min_s:.0f} s",
                 )
             else:
-                result = self._run_one(step, cap)
+                try:
+                    result = self._run_one(step, cap)
+                except SessionInterrupted as e:
+                    self.steps.append(StepResult(step.name, "interrupted", note=str(e)))
+                    self.steps += [
+                        StepResult(s.name, "skipped", note="the session was interrupted") for s in ordered[i + 1 :]
+                    ]
+                    self.say(f"== session interrupted ({e}) during {step.name}")
+                    self.checkpoint()
+                    return self.steps
             self.steps.append(result)
             self.say(f"== {step.name}: {result.status}" + (f" ({result.note})" if result.note else ""))
+            self.checkpoint()
         return self.steps
 
     def _run_one(self, step: Step, cap: float) -> StepResult:
@@ -237,34 +278,49 @@ class Session:
         start = time.monotonic()
         try:
             status, note = step.run(self, cap)
+        except SessionInterrupted:
+            self._collect(step, complete=False)
+            raise
         except Exception as e:  # noqa: BLE001 - a broken step must not take the session down
             status, note = "error", f"{type(e).__name__}: {e}".replace("\n", " ")[:300]
         seconds = time.monotonic() - start
-        staged = self.work / "staging" / step.name
         complete = status in ("ok", "failed")
-        dest_root = self.results.parent if complete else self.partial / step.name
-        files = []
-        if staged.exists():
-            for src in sorted(p for p in staged.rglob("*") if p.is_file()):
-                rel = src.relative_to(staged)
-                dest = unique_path(dest_root / ("bench_results" if complete else "") / rel)  # never overwrite
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(str(src), dest)
-                files.append(dest.relative_to(self.work).as_posix())
+        files = self._collect(step, complete)
         if not complete and files:
             note += f"; its {len(files)} file(s) are kept under partial/, not in bench_results/"
         return StepResult(step.name, status, round(seconds, 1), round(cap, 1), note, files)
 
+    def _collect(self, step: Step, complete: bool) -> list[str]:
+        """Move a step's staged files to ``bench_results/`` (complete) or ``partial/<step>/``."""
+        staged = self.work / "staging" / step.name
+        dest_root = self.results if complete else self.partial / step.name
+        files = []
+        if staged.exists():
+            for src in sorted(p for p in staged.rglob("*") if p.is_file()):
+                rel = src.relative_to(staged)
+                if complete and len(rel.parts) > 2:  # a sub-run's own folder: <run>/<device>/<file>
+                    rel = Path(*rel.parts[-2:])
+                # never overwrite, here nor, once extracted, in the checkout's own bench_results/
+                dest = unique_path(dest_root / rel, also_in=self.repo / "bench_results" / rel.parent)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(src), dest)
+                files.append(dest.relative_to(self.work).as_posix())
+        return files
+
     # -- the end ------------------------------------------------------------------------------------------
-    def finish(self, summary: str) -> Path:
-        """Write ``summary.md`` and ``steps.json``, pack everything into ``gpu-session.tar.gz`` (in ``out``)."""
+    def checkpoint(self, summary: str | None = None) -> Path:
+        """Write ``summary.md`` and ``steps.json`` and (re)pack ``gpu-session.tar.gz`` in ``out`` from what
+        the finished steps left; called after every step, so the output folder is never behind by more."""
+        if summary is None:
+            summary = self.summarize(self) if self.summarize else ""
         (self.out / "summary.md").write_text(summary, encoding="utf-8")
         (self.work / "summary.md").write_text(summary, encoding="utf-8")
         (self.work / "steps.json").write_text(json.dumps([asdict(s) for s in self.steps], indent=1))
-        self.say(summary)
-        self._log.flush()
+        with self._lock:
+            self._log.flush()
         archive = self.out / "gpu-session.tar.gz"
-        with tarfile.open(archive, "w:gz") as tar:
+        tmp = archive.with_name(archive.name + ".tmp")
+        with tarfile.open(tmp, "w:gz") as tar:
             for path, arcname in (
                 (self.results, "bench_results"),
                 (self.junit, "junit"),
@@ -275,6 +331,15 @@ class Session:
             ):
                 if path.exists():
                     tar.add(path, arcname=arcname)
+        tmp.replace(archive)  # the archive in out is always a whole one
+        return archive
+
+    def finish(self, summary: str | None = None) -> Path:
+        """The last checkpoint, with the summary printed to the log and the console; closes the log."""
+        if summary is None:
+            summary = self.summarize(self) if self.summarize else ""
+        self.say(summary)
+        archive = self.checkpoint(summary)
         if self._own_log:
             self._log.close()
         return archive

@@ -53,18 +53,22 @@ def bench_ratios(
     provider: str = "tritonbn",
 ) -> dict[str, tuple[float, float, int]]:
     """``{dtype: (geomean, worst, count)}`` of ``baseline time / provider time`` (> 1: ``provider`` is
-    faster) over the configurations where both were timed (``status`` ok) in ``mode`` and ``pass_``."""
-    times: dict[tuple, dict[str, float]] = defaultdict(dict)
+    faster) over the configurations where both were timed (``status`` ok) in ``mode`` and ``pass_``. GPU
+    times (``ms_median``) are compared only when both came from the same timer (CUDA graph or do_bench)."""
+    times: dict[tuple, dict[str, tuple[float, str]]] = defaultdict(dict)
     for r in rows:
         if r.get("status") != "ok" or r.get("mode") != mode or r.get("pass") != pass_:
             continue
         t = _float(r.get(metric))
         if t and t > 0:
-            times[tuple(r.get(k) for k in _BENCH_KEY)][r["provider"]] = t
+            times[tuple(r.get(k) for k in _BENCH_KEY)][r["provider"]] = (t, r.get("timer", ""))
     ratios: dict[str, list[float]] = defaultdict(list)
     for key, by in times.items():
         if baseline in by and provider in by:
-            ratios[str(key[5])].append(by[baseline] / by[provider])
+            (b, b_timer), (p, p_timer) = by[baseline], by[provider]
+            if metric == "ms_median" and b_timer != p_timer:
+                continue
+            ratios[str(key[5])].append(b / p)
     return {d: (_geomean(v), min(v), len(v)) for d, v in sorted(ratios.items())}
 
 
@@ -127,8 +131,10 @@ def _check_section(results: Path) -> list[str]:
                 f"- {provider}: {c['ok']} of {total} checks within tolerance ({c['fail']} over, {c['error']} "
                 f"errors; {c['skipped']} skipped)"
             )
-    cases = {r["case"] + r["dtype"] + r["layout"] + r["mode"] for r in rows}
-    lines.append(f"- {len(cases)} cases of the full grid ran")
+    from tritonbn.correctness.cases import full_grid
+
+    cases = {(r["case"], r["dtype"], r["layout"], r["mode"]) for r in rows}
+    lines.append(f"- {len(cases)} of the {len(full_grid())} cases of the full grid ran")
     bad = [r for r in rows if r["provider"] == "tritonbn" and r["status"] in ("fail", "error")]
     for r in bad[:MAX_LISTED]:
         err = _float(r["max_rel_err"])
@@ -221,7 +227,7 @@ def _train_section(results: Path) -> list[str]:
     for r in rows:
         by[(r["model"], r["batch"], r["dtype"])][r["batch_norm"]] = r
     for (model, batch, dtype), v in by.items():
-        t, o = v.get("torch", {}), v.get("tritonbn-fused", {})
+        t, o = v.get("torch", {}), v.get("tritonbn", {})
         tm, om = _float(t.get("ms_median")), _float(o.get("ms_median"))
         ratio = f"{tm / om:.2f}×" if tm and om else "—"
         losses = f"{_float(t.get('loss_after')) or float('nan'):.4f}, {_float(o.get('loss_after')) or float('nan'):.4f}"

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +100,9 @@ def _rank_main(rank: int, cases: tuple[SyncCase, ...], device_type: str, tmp: st
 
     try:
         torch.set_num_threads(1)
+        if sys.platform.startswith("linux"):
+            # gloo on a machine without a network: the loopback interface, not whatever the hostname resolves to
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
         device = torch.device("cuda", 0) if device_type == "cuda" else torch.device("cpu")
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -215,28 +219,36 @@ def _skip_reason(case: SyncCase, device_type: str) -> str | None:
 
 
 def run_sync_checks(
-    device_type: str | None = None, cases: tuple[SyncCase, ...] = SYNC_CASES, timeout_s: float = 120.0
+    device_type: str | None = None,
+    cases: tuple[SyncCase, ...] = SYNC_CASES,
+    timeout_s: float = 120.0,
+    on_rows: Callable[[list[dict]], None] | None = None,
 ) -> list[dict]:
     """Run every case in spawned ranks and return the rows (provenance excluded).
 
     Cases with the same backend and world size share one process group (one spawn), which must finish
     within ``timeout_s``. ``device_type``: ``"cuda"`` (default when available) or ``"cpu"``. A case that
     cannot run here is one ``skipped`` row; a case whose ranks fail is one ``error`` row with the first
-    rank's error in ``note``.
+    rank's error in ``note``. ``on_rows`` receives each group's rows as soon as they are known.
     """
     from tritonbn.correctness.tolerances import dtype_name
 
     device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
+    emit = on_rows or (lambda rows: None)
     rows: list[dict] = []
     groups: dict[tuple[str, int], list[SyncCase]] = {}
     for case in cases:
         reason = _skip_reason(case, device_type)
         if reason:
-            rows.append({**_common(case), "dtype": dtype_name(case.dtype), "status": "skipped", "note": reason})
+            skipped = [{**_common(case), "dtype": dtype_name(case.dtype), "status": "skipped", "note": reason}]
+            emit(skipped)
+            rows += skipped
         else:
             groups.setdefault((case.backend, case.world_size), []).append(case)
     for group in groups.values():
-        rows.extend(_run_group(tuple(group), device_type, timeout_s))
+        done = _run_group(tuple(group), device_type, timeout_s)
+        emit(done)
+        rows += done
     order = {c.name: i for i, c in enumerate(cases)}
     return sorted(rows, key=lambda r: order[r["check"]])
 
@@ -303,17 +315,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Write ``<out>/<device>/<date>_<sha>_sync.csv``; exit 1 when a check fails or errors."""
     from tritonbn import provenance
-    from tritonbn.gpu_session.records import write_record
+    from tritonbn.gpu_session.records import RecordWriter
 
     args = build_parser().parse_args(argv)
     device_type = None if args.device == "auto" else args.device
     if device_type == "cuda" and not torch.cuda.is_available():
         print("sync: --device cuda but no CUDA device is available", file=sys.stderr)
         return 2
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    rows = run_sync_checks(device_type, timeout_s=args.timeout)
     device = torch.device(device_type or ("cuda" if torch.cuda.is_available() else "cpu"))
-    path = write_record(rows, "sync", args.out, provenance.collect(device))
+    with RecordWriter("sync", args.out, provenance.collect(device)) as writer:  # each group's rows as they come
+        rows = run_sync_checks(device_type, timeout_s=args.timeout, on_rows=writer.write_all)
+    path = writer.path
     bad = [r for r in rows if r.get("status") in ("fail", "error")]
     for r in rows:
         err = r.get("max_rel_err")

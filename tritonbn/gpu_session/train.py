@@ -6,10 +6,12 @@ classes) in ``channels_last``, and for each dtype (``bf16``: float32 parameters 
 from the same initial weights on the same random batch (64 images of 224×224, SGD with momentum):
 
 - ``torch``: the model as torchvision builds it (torch's batch norm: cuDNN on a GPU);
-- ``tritonbn-fused``: the same model after ``tritonbn.convert_model(model, fuse_relu=True)``.
+- ``tritonbn``: the same model after ``tritonbn.convert_model(model, fuse_relu=True)``.
 
 Each row (columns :data:`tritonbn.schema.TRAIN_COLUMNS`) gives the model's batch-norm layer count, how many
-of them ``convert_model`` fused with their ReLU, the loss of the first step (``loss_start``), the loss
+of them ``convert_model`` fused with their ReLU (it fuses a ``BatchNorm2d`` followed by a ``ReLU`` inside an
+``nn.Sequential``; torchvision's ResNet blocks call their ReLU from ``forward``, so there it may be none),
+the loss of the first step (``loss_start``), the loss
 after ``train_steps`` = 3 steps (a forward pass after the third update, ``loss_after``), and the time per
 step (forward, backward and optimizer step; median, 20th and 80th percentiles over ``steps_timed`` steps
 timed with CUDA events after two warm-up steps). ``--model tiny`` is a small local network with the same
@@ -24,6 +26,7 @@ import contextlib
 import copy
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -145,11 +148,14 @@ def run_training(
     timed_steps: int = 10,
     device: torch.device | str | None = None,
     max_seconds: float | None = None,
+    on_row: Callable[[dict], None] | None = None,
+    start: float | None = None,
 ) -> list[dict]:
-    """Rows (provenance excluded) for every dtype × {torch, tritonbn-fused}, in that order.
+    """Rows (provenance excluded) for every dtype × {torch, tritonbn}, in that order.
 
-    A variant that raises is an ``error`` row; once ``max_seconds`` have passed, the remaining variants are
-    ``skipped`` rows.
+    A variant that raises is an ``error`` row. ``max_seconds`` counts from ``start`` (a
+    ``time.monotonic()``; default: now): a variant starts only if 1.5 times the longest variant so far
+    still fits, else it is a ``skipped`` row. ``on_row`` receives each row as soon as it is known.
     """
     import tritonbn
 
@@ -161,10 +167,12 @@ def run_training(
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, image, image, generator=gen).to(device).contiguous(memory_format=torch.channels_last)
     target = torch.randint(0, classes, (batch,), generator=gen).to(device)
-    start = time.perf_counter()
+    start = time.monotonic() if start is None else start
+    emit = on_row or (lambda row: None)
+    longest = 0.0
     rows = []
     for dtype in dtypes:
-        for variant in ("torch", "tritonbn-fused"):
+        for variant in ("torch", "tritonbn"):
             row = {
                 "model": model_name,
                 "batch": batch,
@@ -173,12 +181,15 @@ def run_training(
                 "layout": "channels_last",
                 "batch_norm": variant,
             }
-            if max_seconds is not None and time.perf_counter() - start > max_seconds:
-                rows.append({**row, "status": "skipped", "note": f"time budget of {max_seconds:g} s used up"})
+            if max_seconds is not None and time.monotonic() - start + 1.5 * longest > max_seconds:
+                row.update(status="skipped", note=f"not enough of the {max_seconds:g} s left")
+                rows.append(row)
+                emit(row)
                 continue
+            began = time.monotonic()
             try:
                 model = copy.deepcopy(base).to(device, memory_format=torch.channels_last)
-                if variant == "tritonbn-fused":
+                if variant == "tritonbn":
                     model = tritonbn.convert_model(model, fuse_relu=True)
                 row["bn_layers"], row["fused_relu"] = count_batch_norms(model)
                 row.update(_train_one(model, x, target, dtype, device, timed_steps))
@@ -188,7 +199,9 @@ def run_training(
                 row.update(status="error", note=f"{type(e).__name__}: {e}".replace("\n", " ")[:300])
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+            longest = max(longest, time.monotonic() - began)
             rows.append(row)
+            emit(row)
             print(
                 f"  {model_name} {dtype} {variant:15s} {row['status']:7s} "
                 + (
@@ -211,25 +224,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", type=int, default=None, help="image side (default: 224 for resnet50)")
     p.add_argument("--steps-timed", type=int, default=10)
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
-    p.add_argument("--max-seconds", type=float, default=None, help="start no new variant after this long")
+    p.add_argument(
+        "--max-seconds", type=float, default=None, help="start no variant that would not end within this long"
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Write ``<out>/<device>/<date>_<sha>_train.csv``; exit 1 when a variant raised."""
     from tritonbn import provenance
-    from tritonbn.gpu_session.records import write_record
+    from tritonbn.gpu_session.records import RecordWriter
+    from tritonbn.gpu_session.session import process_age
 
+    start = time.monotonic() - process_age()  # --max-seconds counts from the process start, imports included
     args = build_parser().parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("train: --device cuda but no CUDA device is available", file=sys.stderr)
         return 2
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")  # fmt: skip
-    rows = run_training(
-        args.model, tuple(args.dtype), args.batch, args.image, args.steps_timed, device, args.max_seconds
-    )
-    path = write_record(rows, "train", args.out, provenance.collect(device))
+    with RecordWriter("train", args.out, provenance.collect(device)) as writer:  # each row as it is measured
+        rows = run_training(
+            args.model, tuple(args.dtype), args.batch, args.image, args.steps_timed, device, args.max_seconds,
+            on_row=writer.write, start=start,
+        )  # fmt: skip
+    path = writer.path
     print(f"train: {sum(r['status'] == 'ok' for r in rows)} of {len(rows)} variants ran -> {path}")
     return 1 if any(r["status"] == "error" for r in rows) else 0
 
