@@ -388,7 +388,15 @@ def test_training_step_on_a_tiny_model(kernels):
     the same weights and batch, so their losses agree; only the Sequential bn → relu pair is fused."""
     from tritonbn.gpu_session.train import run_training
 
-    rows = run_training("tiny", ("fp32",), timed_steps=1, device=kernels)
+    # float32 convolutions and matmuls in float32 on a GPU too (TF32 would round the two runs differently)
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    cudnn = torch.backends.cudnn
+    try:
+        with cudnn.flags(enabled=cudnn.enabled, benchmark=False, deterministic=True, allow_tf32=False):
+            rows = run_training("tiny", ("fp32",), timed_steps=1, device=kernels)
+    finally:
+        torch.set_float32_matmul_precision(precision)
     assert [(r["batch_norm"], r["status"]) for r in rows] == [("torch", "ok"), ("tritonbn", "ok")]
     torch_row, ours = rows
     assert (torch_row["bn_layers"], torch_row["fused_relu"]) == (3, 0)
