@@ -23,6 +23,7 @@ __all__ = [
     "TESTS_COLUMNS",
     "TRAIN_COLUMNS",
     "CsvWriter",
+    "result_kind",
     "result_path",
     "unique_path",
 ]
@@ -165,6 +166,19 @@ RESULT_KINDS: dict[str, str] = {
 }
 
 
+def _split_kind(stem: str) -> tuple[str, str]:
+    """``(stem without its kind's ending, kind)`` of a result file's stem (kind ``bench``: no ending)."""
+    for kind, ending in RESULT_KINDS.items():
+        if ending and stem.endswith(ending):
+            return stem[: -len(ending)], kind
+    return stem, "bench"
+
+
+def result_kind(path: str | os.PathLike) -> str:
+    """The kind of a result file (a key of :data:`RESULT_KINDS`) from the ending of its name."""
+    return _split_kind(Path(path).stem)[1]
+
+
 def unique_path(path: Path, also_in: Path | None = None) -> Path:
     """``path`` if no file is there, else the first free ``<stem>_<k><suffix>`` (k = 2, 3, ...).
 
@@ -180,11 +194,8 @@ def unique_path(path: Path, also_in: Path | None = None) -> Path:
 
     if not taken(path):
         return path
-    stem, tail = path.stem, ""
-    for ending in RESULT_KINDS.values():
-        if ending and stem.endswith(ending):
-            stem, tail = stem[: -len(ending)], ending
-            break
+    stem, kind = _split_kind(path.stem)
+    tail = RESULT_KINDS[kind]
     k = 2
     while True:
         candidate = path.with_name(f"{stem}_{k}{tail}{path.suffix}")

@@ -356,7 +356,7 @@ def test_bench_ratios_are_geomeans_over_configurations_both_timed(tmp_path):
     ]
     with CsvWriter(result_path(tmp_path, "test-gpu", "2026-01-02", "abc1234"), BENCH_COLUMNS) as w:
         w.write_all(rows)
-    read = read_kind(tmp_path, "")
+    read = read_kind(tmp_path, "bench")
     g, worst, n = bench_ratios(read, "cudnn")["fp16"]
     assert n == 2 and g == pytest.approx(1.0) and worst == pytest.approx(0.5)
     g, worst, n = bench_ratios(read, "cudnn", metric="wall_ms")["fp16"]

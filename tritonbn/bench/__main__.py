@@ -189,7 +189,7 @@ def planned_configurations(args: argparse.Namespace) -> list:
     suites = {name: get_suite(name) for name in args.suite}
     affines = {"true": [True], "false": [False], "both": [True, False]}[args.affine]
     configs = list(configurations(suites, [parse_dtype(d) for d in args.dtype], args.layout, args.mode, affines))
-    if getattr(args, "order", "grid") == "spread":
+    if args.order == "spread":
         configs = spread_order(configs)
     return configs[: args.limit] if args.limit is not None else configs
 

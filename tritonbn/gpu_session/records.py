@@ -31,10 +31,15 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 
 
 def device_label(prov: Mapping[str, str]) -> str:
-    """The folder of a run: the GPU's slug, or ``cpu-interpreter`` / ``cpu-torch`` without one."""
+    """The folder of a run: the GPU's slug, or without one what ``tritonbn-check`` calls the CPU
+    (``cpu-interpreter`` / ``cpu-torch``, :func:`tritonbn.correctness.runner.device_label`)."""
     if prov["gpu"] != "cpu":
         return _provenance.device_slug(prov["gpu"])
-    return "cpu-interpreter" if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") else "cpu-torch"
+    import torch
+
+    from tritonbn.correctness.runner import device_label as cpu_label
+
+    return cpu_label(torch.device("cpu"))
 
 
 class RecordWriter(CsvWriter):

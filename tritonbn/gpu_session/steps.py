@@ -138,7 +138,7 @@ def _kernels(s: Session, cap: float) -> tuple[str, str]:
     staging = s.staging("kernels")
     rc = s.command(_module(s, "tritonbn.gpu_session.kernels", "--cache", str(s.cache), "--out", str(staging)), cap,
                    tag="kernels")  # fmt: skip
-    rows = [r for r in read_kind(staging, "_kernels") if r.get("registers")]
+    rows = [r for r in read_kind(staging, "kernels") if r.get("registers")]
     if not rows:
         return _status(rc, ()), "no compiled tritonbn kernel found"
     regs = [int(r["registers"]) for r in rows]
@@ -155,7 +155,7 @@ def _check(s: Session, cap: float) -> tuple[str, str]:
     soft = max(1.0, cap - STEPS_BY_NAME["check"].margin_s)
     rc = s.command(_module(s, "tritonbn.correctness", "--device", "cuda", "--out", str(staging), "--no-progress",
                            "--max-seconds", f"{soft:.0f}"), cap, tag="check")  # fmt: skip
-    rows = [r for r in read_kind(staging, "_check") if r["provider"] == "tritonbn"]
+    rows = [r for r in read_kind(staging, "check") if r["provider"] == "tritonbn"]
     c = Counter(r["status"] for r in rows)
     cases = len({(r["case"], r["dtype"], r["layout"], r["mode"]) for r in rows})
     return _status(rc), f"{cases} cases; tritonbn {c['ok']} ok, {c['fail']} over tolerance, {c['error']} errors"
@@ -184,7 +184,7 @@ def _bench(s: Session, cap: float) -> tuple[str, str]:
         staging = s.staging("bench") / name
         rc = s.command(_module(s, "tritonbn.bench", *args, "--out", str(staging), "--max-seconds", f"{soft:.0f}"),
                        left, tag=f"bench-{name}")  # fmt: skip
-        rows = read_kind(staging, "")
+        rows = read_kind(staging, "bench")
         planned = len(planned_configurations(build_parser().parse_args(list(args))))
         done = len({(r["suite"], r["N"], r["C"], r["spatial"], r["dtype"], r["layout"], r["mode"]) for r in rows})
         note = f"{'/'.join(providers)}: {done} of {planned} configurations"
@@ -211,7 +211,7 @@ def _sync(s: Session, cap: float) -> tuple[str, str]:
     per_group = (cap - KILL_OVERHEAD_S - STEPS_BY_NAME["sync"].margin_s - 6) / 2
     rc = s.command(_module(s, "tritonbn.gpu_session.sync", "--device", "cuda", "--out", str(staging),
                            "--timeout", f"{per_group:.0f}"), cap, tag="sync")  # fmt: skip
-    c = Counter(r["status"] for r in read_kind(staging, "_sync"))
+    c = Counter(r["status"] for r in read_kind(staging, "sync"))
     return _status(rc), f"{c['ok']} ok, {c['fail']} over tolerance, {c['error']} errors, {c['skipped']} skipped"
 
 
@@ -222,7 +222,7 @@ def _train(s: Session, cap: float) -> tuple[str, str]:
     soft = max(1.0, cap - STEPS_BY_NAME["train"].margin_s)
     rc = s.command(_module(s, "tritonbn.gpu_session.train", "--device", "cuda", "--out", str(staging),
                            "--max-seconds", f"{soft:.0f}"), cap, tag="train")  # fmt: skip
-    rows = read_kind(staging, "_train")
+    rows = read_kind(staging, "train")
     parts = []
     for r in rows:
         what = f"{float(r['ms_median']):.1f} ms/step" if r["status"] == "ok" else r["status"]

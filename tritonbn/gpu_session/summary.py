@@ -15,17 +15,14 @@ _BENCH_KEY = ("suite", "dim", "N", "C", "spatial", "dtype", "layout", "mode", "p
 MAX_LISTED = 10
 
 
-def read_kind(results: str | Path, kind_ending: str) -> list[dict]:
-    """Rows of every ``*<kind_ending>.csv`` under ``results`` (``""`` for benchmark files: the names with no
-    kind ending), in file-name order."""
-    from tritonbn.schema import RESULT_KINDS
+def read_kind(results: str | Path, kind: str) -> list[dict]:
+    """Rows of every result file of ``kind`` (a key of :data:`tritonbn.schema.RESULT_KINDS`: ``bench``,
+    ``check``, ``env``, ...) under ``results``, in file-name order."""
+    from tritonbn.schema import result_kind
 
-    endings = [e for e in RESULT_KINDS.values() if e]
     rows: list[dict] = []
     for path in sorted(Path(results).rglob("*.csv")):
-        stem = path.stem
-        kind = next((e for e in endings if stem.endswith(e)), "")
-        if kind != kind_ending:
+        if result_kind(path) != kind:
             continue
         with path.open(newline="", encoding="utf-8") as f:
             rows.extend(csv.DictReader(f))
@@ -92,7 +89,7 @@ def _short_id(nodeid: str, width: int = 70) -> str:
 
 
 def _tests_section(results: Path) -> list[str]:
-    rows = read_kind(results, "_tests")
+    rows = read_kind(results, "tests")
     if not rows:
         return []
     lines = ["", "## Tests on CUDA", ""]
@@ -119,7 +116,7 @@ def _tests_section(results: Path) -> list[str]:
 
 
 def _check_section(results: Path) -> list[str]:
-    rows = read_kind(results, "_check")
+    rows = read_kind(results, "check")
     if not rows:
         return []
     lines = ["", "## Correctness (tritonbn-check on CUDA, against float64)", ""]
@@ -144,7 +141,7 @@ def _check_section(results: Path) -> list[str]:
 
 
 def _bench_section(results: Path, copy_gbps: float | None) -> list[str]:
-    rows = read_kind(results, "")
+    rows = read_kind(results, "bench")
     if not rows:
         return []
     configs = {tuple(r.get(k) for k in _BENCH_KEY) for r in rows}
@@ -179,7 +176,7 @@ def _bench_section(results: Path, copy_gbps: float | None) -> list[str]:
 
 
 def _kernels_section(results: Path) -> list[str]:
-    rows = [r for r in read_kind(results, "_kernels") if _float(r.get("registers")) is not None]
+    rows = [r for r in read_kind(results, "kernels") if _float(r.get("registers")) is not None]
     if not rows:
         return []
     regs = [int(float(r["registers"])) for r in rows]
@@ -197,7 +194,7 @@ def _kernels_section(results: Path) -> list[str]:
 
 
 def _sync_section(results: Path) -> list[str]:
-    rows = read_kind(results, "_sync")
+    rows = read_kind(results, "sync")
     if not rows:
         return []
     c = Counter(r["status"] for r in rows)
@@ -214,7 +211,7 @@ def _sync_section(results: Path) -> list[str]:
 
 
 def _train_section(results: Path) -> list[str]:
-    rows = read_kind(results, "_train")
+    rows = read_kind(results, "train")
     if not rows:
         return []
     lines = ["", "## Training step", ""]
