@@ -57,17 +57,40 @@ def _seed():
 
 
 @pytest.fixture(autouse=True)
-def _nan_filled_allocations(monkeypatch):
+def _nan_filled_allocations(request, monkeypatch):
     """Fill tritonbn's uninitialised floating-point allocations with NaN, so a kernel that forgets to write
-    an element (or a reduction that reads one it should not) shows up as NaN instead of as stale memory."""
-    real_empty, real_empty_like = torch.empty, torch.empty_like
+    an element (or a reduction that reads one it should not) shows up as NaN instead of as stale memory.
+    (Not in tests marked ``launch_count``: the fill is itself an operator they would count.)"""
+    if request.node.get_closest_marker("launch_count"):
+        return
+    real = {name: getattr(torch, name) for name in ("empty", "empty_like", "empty_strided")}
 
     def _fill(t):
         if t.is_floating_point() and t.numel():
             t.fill_(float("nan"))
         return t
 
-    monkeypatch.setattr(tritonbn.launch.torch, "empty", lambda *a, **k: _fill(real_empty(*a, **k)), raising=True)
-    monkeypatch.setattr(
-        tritonbn.launch.torch, "empty_like", lambda *a, **k: _fill(real_empty_like(*a, **k)), raising=True
-    )
+    for name, fn in real.items():
+        monkeypatch.setattr(tritonbn.launch.torch, name, lambda *a, _fn=fn, **k: _fill(_fn(*a, **k)), raising=True)
+
+
+@pytest.fixture
+def tile_policy(monkeypatch):
+    """Set the launcher's tile policy for one test: ``tile_policy(tile=..., single=..., programs=...)``
+    (elements per tile, the one-tile path's limit, programs aimed at), caches cleared before and after."""
+
+    def set_policy(tile=None, single=None, programs=None, merge=None, merge_block=None):
+        for name, value in (
+            ("TILE_ELEMENTS", tile),
+            ("SINGLE_MAX_ELEMENTS", single),
+            ("TARGET_PROGRAMS", programs),
+            ("MERGE_MAX_VALUES", merge),
+            ("MERGE_BLOCK_VALUES", merge_block),
+        ):
+            if value is not None:
+                monkeypatch.setattr(tritonbn.launch, name, value)
+        tritonbn.launch.clear_plans()
+
+    yield set_policy
+    monkeypatch.undo()
+    tritonbn.launch.clear_plans()

@@ -1,7 +1,9 @@
 """Autograd for batch normalization, right at every order.
 
-The first backward runs fused Triton kernels: one pass reduces Σdy and Σdy·(x - mean) per channel, one
-elementwise pass writes dx. When the caller asks for a differentiable backward (``create_graph=True``, as
+The first backward runs fused Triton kernels (:func:`tritonbn.launch.bn_backward`): one pass reduces Σdy
+and Σdy·(x - mean) per channel and computes dweight, dbias and the dx coefficients inside the kernel, one
+elementwise pass writes dx (a single pass when the statistics are constants or a channel block fits one
+tile). When the caller asks for a differentiable backward (``create_graph=True``, as
 physics-informed nets and gradient penalties do), the backward is instead composed of two differentiable
 Triton primitives whose own backwards are made of the same two primitives, so every order works:
 
@@ -21,7 +23,19 @@ from torch.autograd import Function
 
 from tritonbn import launch
 
-__all__ = ["BatchNormFunction", "backward_kernels", "channel_affine", "channel_sum"]
+try:  # tensors left wrapped by a finished torch.func transform (what Function.apply unwraps)
+    from torch._C._functorch import is_functorch_wrapped_tensor as _is_functorch_wrapped
+    from torch._functorch.utils import unwrap_dead_wrappers as _unwrap_dead_wrappers
+except ImportError:  # pragma: no cover
+
+    def _is_functorch_wrapped(t):
+        return False
+
+    def _unwrap_dead_wrappers(args):
+        return args
+
+
+__all__ = ["BatchNormFunction", "backward_kernels", "batch_norm_function", "channel_affine", "channel_sum"]
 
 # Autocast: batch norm runs in its input's dtype under torch.autocast, as torch's does, and nothing here is
 # autocast-sensitive (Triton kernels and per-channel elementwise ops), so the Functions need neither
@@ -139,88 +153,69 @@ def backward_kernels(
     grad_output: torch.Tensor,
     x: torch.Tensor,
     weight: torch.Tensor | None,
-    mean: torch.Tensor,
-    invstd: torch.Tensor,
+    stats: torch.Tensor,
     *,
     stats_grad: bool,
     need_input: bool = True,
     need_weight: bool = True,
     need_bias: bool = True,
     relu_output: torch.Tensor | None = None,
+    need_residual: bool = False,
     bias_dtype: torch.dtype | None = None,
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Fused first-order backward: ``(dx, dweight, dbias)``; not differentiable.
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Fused first-order backward: ``(dx, dweight, dbias, dresidual)``; not differentiable.
 
-    ``stats_grad`` says whether the forward's statistics depend on ``x`` (train mode, statistics not
-    detached)::
+    ``stats`` (≥ 2, C) holds the forward's mean and invstd in its first two rows. ``stats_grad`` says
+    whether the forward's statistics depend on ``x`` (train mode, statistics not detached)::
 
         dbias   = Σ dy
         dweight = Σ dy·x̂ = invstd · Σ dy·(x - mean)
         dx      = w·invstd·dy - w·invstd³·(x - mean)·Σ dy·(x - mean) / M - w·invstd·Σ dy / M   (stats_grad)
         dx      = w·invstd·dy                                                                 (otherwise)
 
+    (the batch-norm backward of Ioffe & Szegedy 2015, as torch's ``native_batch_norm_backward``).
     ``dweight`` is computed only with a ``weight`` (in its dtype); ``dbias`` when ``need_bias``, in
     ``bias_dtype`` (default: the weight's dtype, else the accumulation dtype). With ``relu_output`` (the
-    output y of a fused batch norm + ReLU) every dy above is dy·[y > 0], applied inside the kernels. One
-    kernel pass computes both sums (skipped when nothing needs them), one pass writes dx.
+    output y of a fused batch norm + ReLU) every dy above is dy·[y > 0], applied inside the kernels, and
+    ``need_residual`` returns that gated dy as the residual's gradient. One launch (one reduction pass that
+    also writes dx) when the statistics are constants or a channel block fits one tile; else two.
     """
-    acc = launch.acc_dtype(x.dtype)
-    has_weight = weight is not None
-    need_weight = need_weight and has_weight
-    gate = relu_output
-    sum_dy = sum_dy_xmu = None
-    if (need_input and stats_grad) or need_weight or need_bias:
-        want_xmu = need_weight or (need_input and stats_grad)
-        sum_dy, sum_dy_xmu = launch.channel_sums(
-            grad_output,
-            None,
-            x if want_xmu else None,
-            mean,
-            want_sum_u=need_bias or (need_input and stats_grad),
-            gate=gate,
-        )
-    dx = dweight = dbias = None
-    if need_input:
-        scale = invstd * weight.to(acc) if has_weight else invstd
-        if stats_grad:
-            count = _count(x)
-            beta = -scale * invstd * invstd * sum_dy_xmu / count
-            gamma = -scale * sum_dy / count
-            dx = launch.channel_affine(x, grad_output, None, scale, x, mean, beta, gamma, gate=gate)
-        else:
-            dx = launch.channel_affine(x, grad_output, None, scale, gate=gate)
-    if need_weight:
-        dweight = (sum_dy_xmu * invstd).to(weight.dtype)
-    if need_bias:
-        dbias = sum_dy.to(bias_dtype or (weight.dtype if has_weight else acc))
-    return dx, dweight, dbias
+    dx, dw, db, dres, _ = launch.bn_backward(
+        grad_output,
+        x,
+        weight,
+        stats,
+        stats_grad=stats_grad,
+        need_input=need_input,
+        need_weight=need_weight,
+        need_bias=need_bias,
+        relu_output=relu_output,
+        need_residual=need_residual and relu_output is not None,
+        bias_dtype=bias_dtype,
+    )
+    if need_residual and relu_output is None:
+        dres = grad_output
+    return dx, dw, db, dres
 
 
-def forward_kernels(x, weight, bias, running_mean, running_var, use_batch_stats, eps, residual=None, relu=False):
-    """``y = act((x - mean)·weight·invstd + bias + residual)`` by the Triton kernels.
+def forward_kernels(
+    x, weight, bias, running_mean, running_var, use_batch_stats, eps, residual=None, relu=False, momentum=0.0
+):
+    """``y = act((x - mean)·weight·invstd + bias + residual)`` by the Triton kernels: ``(y, stats)``.
 
-    Returns ``(y, mean, invstd, var)``: the statistics the output was normalised with (``var`` is the batch's
-    biased variance, ``None`` in eval). Running statistics are not touched here.
+    ``stats`` (≥ 4, C) holds mean, invstd, weight·invstd and the variance used. In training the running
+    statistics, when given, are updated in place by the statistics kernel (``momentum``, unbiased variance).
     """
-    acc = launch.acc_dtype(x.dtype)
-    var = None
-    if use_batch_stats:
-        mean, var, invstd = launch.batch_stats(x, eps)
-    else:
-        mean = running_mean.detach().to(acc, copy=True)
-        invstd = torch.rsqrt(running_var.detach().to(acc) + eps)
-    scale = invstd * weight.detach().to(acc) if weight is not None else invstd
-    ones = torch.ones_like(scale) if residual is not None else None
-    y = launch.channel_affine(x, x, mean, scale, residual, None, ones, g=bias, relu=relu)
-    return y, mean, invstd, var
+    return launch.bn_forward(x, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps, residual, relu)
 
 
 class BatchNormFunction(Function):
-    """(y, mean, invstd) with y = act((x - mean)·weight·invstd + bias [+ residual]), batch or running stats.
+    """(y, stats) with y = act((x - mean)·weight·invstd + bias [+ residual]), batch or running statistics.
 
-    ``act`` is the identity or, with ``relu``, a fused ReLU (the ResNet block's bn -> add -> relu). ``mean``
-    and ``invstd`` are the statistics used (not differentiable). Written with ``setup_context`` so that
-    ``torch.func`` transforms work too.
+    ``act`` is the identity or, with ``relu``, a fused ReLU (the ResNet block's bn -> add -> relu).
+    ``stats`` (≥ 4, C; rows mean, invstd, weight·invstd, variance) are the statistics used (not
+    differentiable). Written with ``setup_context`` so that ``torch.func`` transforms work too; gradients
+    of the non-differentiable output are not materialised.
     """
 
     @staticmethod
@@ -237,57 +232,106 @@ class BatchNormFunction(Function):
         residual=None,
         relu=False,
     ):
-        y, mean, invstd, var = forward_kernels(
-            x, weight, bias, running_mean, running_var, use_batch_stats, eps, residual, relu
+        return launch.bn_forward(
+            x, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps, residual, relu
         )
-        if use_batch_stats:
-            _update_running_stats(running_mean, running_var, mean, var, _count(x), momentum)
-        return y, mean, invstd
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, weight, bias, _, _, use_batch_stats, _, eps, detach_stats, *rest = inputs
-        residual = rest[0] if rest else None
         relu = rest[1] if len(rest) > 1 else False
-        y, mean, invstd = output
-        ctx.save_for_backward(x, weight, bias, mean, invstd, residual, y if relu else None)
-        ctx.mark_non_differentiable(mean, invstd)
+        y, stats = output
+        ctx.save_for_backward(x, weight, stats, y if relu else None)
+        ctx.mark_non_differentiable(stats)
+        ctx.set_materialize_grads(False)
         ctx.stats_grad = use_batch_stats and not detach_stats
         ctx.eps = eps
         ctx.relu = relu
+        ctx.bias_dtype = bias.dtype if bias is not None else None
 
     @staticmethod
-    def backward(ctx, grad_output, _grad_mean=None, _grad_invstd=None):
-        x, weight, bias, mean, invstd, residual, y = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        need_x, need_w, need_b = needs[:3]
-        need_res = len(needs) > 9 and needs[9]
-        if torch.is_grad_enabled():
-            grads = _differentiable_backward(ctx, grad_output, x, weight, bias, mean, invstd, y, needs[:3], need_res)
-        else:
-            dx, dw, db = backward_kernels(
-                grad_output,
-                x,
-                weight,
-                mean,
-                invstd,
-                stats_grad=ctx.stats_grad,
-                need_input=need_x,
-                need_weight=need_w,
-                need_bias=need_b,
-                relu_output=y,
-                bias_dtype=bias.dtype if bias is not None else None,
-            )
-            dres = None
-            if need_res:
-                ones = torch.ones_like(invstd)
-                dres = launch.channel_affine(residual, grad_output, None, ones, gate=y) if ctx.relu else grad_output
-            grads = (dx, dw, db, dres)
-        dx, dw, db, dres = grads
-        return (dx, dw, db, None, None, None, None, None, None, dres, None)[: len(needs)]
+    def backward(ctx, grad_output, _grad_stats=None):
+        return _backward(ctx, grad_output)
 
 
-def _differentiable_backward(ctx, grad_output, x, weight, bias, mean, invstd, y, needs, need_res):
+def _backward(ctx, grad_output):
+    """The backward of :class:`BatchNormFunction` and of its eager twin (kernels, or the differentiable
+    composition when a graph of the backward is being recorded)."""
+    needs = ctx.needs_input_grad
+    if grad_output is None:
+        return (None,) * len(needs)
+    x, weight, stats, y = ctx.saved_tensors
+    need_x, need_w, need_b = needs[:3]
+    need_b = need_b and ctx.bias_dtype is not None
+    need_res = len(needs) > 9 and needs[9]
+    if torch.is_grad_enabled():
+        dx, dw, db, dres = _differentiable_backward(
+            ctx, grad_output, x, weight, stats[0], stats[1], y, (need_x, need_w, need_b), need_res
+        )
+    else:
+        dx, dw, db, dres, _ = launch.backward_passes(
+            grad_output,
+            x,
+            weight,
+            stats,
+            ctx.stats_grad,
+            need_x,
+            need_w,
+            need_b,
+            y,
+            need_res and y is not None,
+            ctx.bias_dtype,
+            False,
+        )
+        if need_res and y is None:
+            dres = grad_output  # d(y + residual)/d residual without a ReLU
+    return (dx, dw, db, None, None, None, None, None, None, dres, None)[: len(needs)]
+
+
+class _EagerBatchNormFunction(Function):
+    """:class:`BatchNormFunction` in the classic ``forward(ctx, ...)`` form, for calls outside torch.func
+    transforms: the C++ apply runs it without binding arguments or a separate ``setup_context`` call, and
+    its one output is ``y`` (the statistics are saved, not returned)."""
+
+    @staticmethod
+    def forward(
+        ctx, x, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps, detach_stats, residual, relu
+    ):
+        y, stats = launch.bn_forward(
+            x, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps, residual, relu
+        )
+        ctx.save_for_backward(x, weight, stats, y if relu else None)
+        ctx.set_materialize_grads(False)
+        ctx.stats_grad = use_batch_stats and not detach_stats
+        ctx.eps = eps
+        ctx.relu = relu
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return _backward(ctx, grad_output)
+
+
+_EAGER_APPLY = super(Function, _EagerBatchNormFunction).apply
+
+
+def batch_norm_function(*args) -> torch.Tensor:
+    """``BatchNormFunction.apply(*args)[0]`` (all 11 arguments, positional) without its per-call cost.
+
+    ``Function.apply`` binds the arguments with ``inspect.signature`` on every call of a Function with
+    ``setup_context`` (~80 µs of host time per layer). Outside torch.func transforms this runs the same
+    computation as a classic ``forward(ctx, ...)`` Function through the C++ apply directly; inside them it
+    takes torch's path, which torch.func needs.
+    """
+    if torch._C._are_functorch_transforms_active():
+        return BatchNormFunction.apply(*args)[0]
+    if _is_functorch_wrapped(args[0]):  # a tensor left over from a finished transform (as Function.apply)
+        args = _unwrap_dead_wrappers(args)
+    return _EAGER_APPLY(*args)
+
+
+def _differentiable_backward(ctx, grad_output, x, weight, mean, invstd, y, needs, need_res):
     """The backward's closed form written with the differentiable primitives (for ``create_graph=True``).
 
     In train mode the statistics are re-derived from ``x`` around the saved mean c0 (mean = c0 + Σ(x - c0)/M,
@@ -319,8 +363,8 @@ def _differentiable_backward(ctx, grad_output, x, weight, bias, mean, invstd, y,
             dx = channel_affine(x, g, None, scale)
     if need_w and weight is not None:
         dw = (r * sum_g_xmu).to(weight.dtype)
-    if need_b and bias is not None:
-        db = sum_g.to(bias.dtype)
+    if need_b:
+        db = sum_g.to(ctx.bias_dtype)
     return dx, dw, db, (g if need_res else None)
 
 

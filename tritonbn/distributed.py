@@ -85,8 +85,9 @@ class SyncBatchNormFunction(Function):
             mean = torch.zeros(C, dtype=acc, device=x.device)
             invstd = torch.ones(C, dtype=acc, device=x.device)
         scale = invstd * weight.detach().to(acc) if weight is not None else invstd
-        y = launch.channel_affine(x, x, mean, scale, g=bias)
-        ctx.save_for_backward(x, weight, mean, invstd)
+        stats = torch.stack([mean, invstd, scale])
+        y = launch.bn_apply(x, stats, bias.detach() if bias is not None else None) if count > 0 else x.clone()
+        ctx.save_for_backward(x, weight, stats)
         ctx.bias_dtype = bias.dtype if bias is not None else None
         ctx.total = total
         ctx.process_group = process_group
@@ -97,7 +98,7 @@ class SyncBatchNormFunction(Function):
     @_custom_bwd
     @once_differentiable
     def backward(ctx, grad_output):
-        x, weight, mean, invstd = ctx.saved_tensors
+        x, weight, stats = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         need_w = need_w and weight is not None
         need_b = need_b and ctx.bias_dtype is not None
@@ -105,28 +106,42 @@ class SyncBatchNormFunction(Function):
         C = x.shape[1]
         # Every rank of the group reaches the same all_reduce (the layer's settings are the same everywhere).
         sync = need_x and ctx.stats_grad
-        sum_dy = sum_dy_xmu = None
-        if x.numel() == 0:
-            sum_dy = sum_dy_xmu = torch.zeros(C, dtype=acc, device=x.device)
-        elif sync or need_w or need_b:
-            sum_dy, sum_dy_xmu = launch.channel_sums(grad_output, None, x, mean, want_sum_u=True)
         dx = dw = db = None
+        if x.numel() == 0:
+            sums = torch.zeros(2, C, dtype=acc, device=x.device)
+            if need_w:
+                dw = torch.zeros_like(weight)
+            if need_b:
+                db = torch.zeros(C, dtype=ctx.bias_dtype, device=x.device)
+        elif sync or need_w or need_b:
+            # one reduction pass: local dweight/dbias (DistributedDataParallel averages them over the ranks)
+            # and the local Σdy, Σdy·(x - mean) in coef rows 3 and 4
+            _, dw, db, _, coef = launch.bn_backward(
+                grad_output,
+                x,
+                weight,
+                stats,
+                stats_grad=False,
+                need_input=False,
+                need_weight=need_w,
+                need_bias=need_b,
+                bias_dtype=ctx.bias_dtype,
+                coef_only=True,
+            )
+            sums = coef[3:5]
         if need_x:
-            scale = invstd * weight.to(acc) if weight is not None else invstd
+            mean, invstd, scale = stats
             if sync:
-                total_sums = torch.cat([sum_dy, sum_dy_xmu])
+                total_sums = sums.contiguous()
                 dist.all_reduce(total_sums, dist.ReduceOp.SUM, group=ctx.process_group)
-                g_dy, g_dy_xmu = total_sums.split(C)
-                beta = -scale * invstd * invstd * g_dy_xmu / ctx.total
-                gamma = -scale * g_dy / ctx.total
-                dx = launch.channel_affine(x, grad_output, None, scale, x, mean, beta, gamma)
+                beta = -scale * invstd * invstd * total_sums[1] / ctx.total
+                gamma = -scale * total_sums[0] / ctx.total
             else:  # detached statistics: dx = dy·weight·invstd, nothing to exchange
-                dx = launch.channel_affine(x, grad_output, None, scale)
-        # Local sums (zeros on an empty rank): DistributedDataParallel averages them over the ranks.
-        if need_w:
-            dw = (sum_dy_xmu * invstd).to(weight.dtype)
-        if need_b:
-            db = sum_dy.to(ctx.bias_dtype)
+                beta = gamma = torch.zeros_like(scale)
+            if x.numel() == 0:
+                dx = torch.empty_like(x)
+            else:
+                dx = launch.bn_backward_dx(grad_output, x, stats, torch.stack([scale, beta, gamma]))
         return dx, dw, db, None, None, None, None, None, None, None
 
 

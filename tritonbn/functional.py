@@ -56,19 +56,19 @@ def _check_inputs(input, running_mean, running_var, weight, bias, training, eps)
         raise NotImplementedError(f"\"batch_norm\" not implemented for '{name}'")
     if not training and (running_mean is None or running_var is None):
         raise RuntimeError(f"running_{'mean' if running_mean is None else 'var'} must be defined in evaluation mode")
-    channels = input.size(1) if input.dim() > 1 else 0
-    params = (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias))
-    for name, t in params:
+    channels = input.shape[1] if input.dim() > 1 else 0
+    defined = [t for t in (running_mean, running_var, weight, bias) if t is not None]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
         if t is not None and t.numel() != channels:
             raise RuntimeError(f"{name} should contain {channels} elements not {t.numel()}")
-    defined = [t for _, t in params if t is not None]
+    device = input.device
     for t in defined:
         if t.dim() != 1:
             raise RuntimeError(f"TensorAccessor expected 1 dims but tensor has {t.dim()}")
-        if t.device != input.device:
+        if t.device != device:
             raise RuntimeError(
                 f"Expected all tensors to be on the same device, but found at least two devices, "
-                f"{input.device} and {t.device}!"
+                f"{device} and {t.device}!"
             )
     # torch's mixed-dtype rule: parameters (weight, bias, running stats) either take the input's dtype, or
     # are all float32 with a float16/bfloat16 input (mixed precision). The first defined one decides.
@@ -154,10 +154,21 @@ def _batch_norm(
         return ops.compiled_batch_norm(
             input, running_mean, running_var, weight, bias, training, momentum, eps, detach_stats, residual, relu
         )
-    y, _, _ = autograd.BatchNormFunction.apply(
+    needs_graph = torch.is_grad_enabled() and (
+        input.requires_grad
+        or (weight is not None and weight.requires_grad)
+        or (bias is not None and bias.requires_grad)
+        or (residual is not None and residual.requires_grad)
+    )
+    if not needs_graph and not torch._C._are_functorch_transforms_active():
+        # nothing to differentiate: the kernels alone, without an autograd node
+        y, _ = launch.bn_forward(
+            input, weight, bias, running_mean, running_var, training, momentum, eps, residual, relu
+        )
+        return y
+    return autograd.batch_norm_function(
         input, weight, bias, running_mean, running_var, training, momentum, eps, detach_stats, residual, relu
     )
-    return y
 
 
 def _empty_batch(input, weight, bias, residual):
@@ -210,12 +221,8 @@ def batch_norm_backward(
         )
     acc = launch.acc_dtype(input.dtype)
     with torch.no_grad():
-        return autograd.backward_kernels(
-            grad_output,
-            input,
-            weight,
-            save_mean.to(acc),
-            save_invstd.to(acc),
-            stats_grad=training,
-            need_bias=weight is not None,
+        stats = torch.stack([save_mean.to(acc), save_invstd.to(acc)])
+        dx, dw, db, _ = autograd.backward_kernels(
+            grad_output, input, weight, stats, stats_grad=training, need_bias=weight is not None
         )
+        return dx, dw, db

@@ -1,5 +1,13 @@
 """The only place that launches Triton kernels: (N, C, S) views, strides, tile shapes, grids and warps.
 
+A batch-norm pass costs one or two launches and no host synchronisation: train forward = statistics +
+normalise (one launch when a channel block's rows fit one tile), eval forward = normalise, backward =
+reductions + dx (one launch when the statistics are constants or a channel block fits one tile). Every
+per-channel (O(C)) quantity is computed inside the kernels. What a launch needs besides its tensors'
+addresses -- views, tile shapes, masks, grid, chunking -- is a :class:`Plan`, computed once per
+(sizes, strides, dtypes, flags) and cached, so a repeated call does little more than allocate its
+outputs and launch.
+
 Every tensor of shape (N, C, *spatial) is described to the kernels as ``N`` samples of ``C`` channels of
 ``S = prod(spatial)`` positions with three strides. Contiguous, channels_last and channels_last_3d tensors
 and most strided views collapse their spatial dimensions into one stride, so the kernels read them in
@@ -13,7 +21,9 @@ dtype: float64 for float64 inputs, float32 otherwise.
 from __future__ import annotations
 
 import functools
+import math
 import os
+import struct
 from typing import NamedTuple
 
 import torch
@@ -21,10 +31,13 @@ import triton
 import triton.language as tl
 
 from tritonbn.kernels.batch_norm import (
+    bn_backward_dx_kernel,
+    bn_backward_reduce_kernel,
+    bn_forward_apply_kernel,
+    bn_forward_stats_kernel,
     channel_affine_kernel,
     channel_sums_kernel,
     stats_merge_kernel,
-    stats_partial_kernel,
 )
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -92,120 +105,707 @@ def _tl_acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-class Tiles(NamedTuple):
-    BLOCK_R: int
+# Tile and grid policy. Module attributes so that tests can force the multi-chunk and multi-tile paths.
+# The interpreter runs each program in numpy: fewer, larger programs there.
+TILE_ELEMENTS = 1 << 14 if INTERPRET else 2048
+"""Elements per loop iteration of a program (4 warps: 16 per thread)."""
+SINGLE_MAX_ELEMENTS = 1 << 15 if INTERPRET else 8192
+"""A channel block whose rows fit a tile of at most this many elements runs in one program (one launch)."""
+TARGET_PROGRAMS = 64 if INTERPRET else 1024
+"""Programs aimed at per launch (an H100/H200 holds ~2000 resident 4-warp programs over 132 SMs)."""
+MERGE_MAX_VALUES = 16384
+"""Bound on partials x channel-block width merged by one program (the tail of a reduction)."""
+MERGE_BLOCK_VALUES = 4096
+"""Partials x channels a merging program loads per step (more partials: a loop)."""
+NUM_WARPS = 4
+_COUNT_EXACT = 1 << 24  # a chunk's element count stays exact in float32
+
+
+def _launch(kernel, grid, args, meta):
+    """Launch ``kernel`` on ``grid``: the one call site of every Triton launch (and a seam for counting).
+
+    Triton launches on the current CUDA device's current stream: a tensor on another device is launched
+    with that device made current (as torch's own operators do)."""
+    x = args[0]
+    if x.is_cuda and x.get_device() != torch.cuda.current_device():
+        with torch.cuda.device(x.device):
+            kernel[grid](*args, **meta)
+        return
+    kernel[grid](*args, **meta)
+
+
+class Rows(NamedTuple):
+    """Sizes and per-tensor (n, s, c) strides of the tensors of one call, seen as N x S x C."""
+
+    N: int
+    S: int
+    C: int
+    strides: tuple[tuple[int, int, int], ...]
+
+
+def rows_view(*views: NCS) -> Rows:
+    """Common N x S x C geometry of same-shaped views: S absorbs N when every tensor allows it (dense over
+    (N, spatial), as channels_last and contiguous (N, C) inputs are), so most tiles are 1-d in rows."""
+    v0 = views[0]
+    N, S, C = v0.N, v0.S, v0.C
+    strides = [(v.stride_n, v.stride_s, v.stride_c) for v in views]
+    if S == 1:
+        return Rows(1, N, C, tuple((0, sn, sc) for sn, _, sc in strides))
+    if N > 1 and all(sn == S * ss for sn, ss, _ in strides):
+        return Rows(1, N * S, C, tuple((0, ss, sc) for _, ss, sc in strides))
+    return Rows(N, S, C, tuple(strides))
+
+
+class Geometry(NamedTuple):
+    """Tiles, masks and grid of one pass over an N x S x C problem."""
+
+    BLOCK_N: int
+    BLOCK_S: int
     BLOCK_C: int
+    MASK_N: bool
+    MASK_S: bool
+    MASK_C: bool
+    WIDE: bool
+    ONE_S_BLOCK: bool
+    SAME_STRIDES: bool
+    SB: int  # position blocks
+    T: int  # tiles per channel block
+    CB: int  # channel blocks
+    TPP: int  # tiles per program (chunk)
+    P: int  # chunks per channel block
+    single: bool
     num_warps: int
+    block_p: int
+
+    @property
+    def grid(self) -> tuple[int]:
+        return (self.P * self.CB,)
+
+    def meta(self) -> dict:
+        return {
+            "BLOCK_N": self.BLOCK_N,
+            "BLOCK_S": self.BLOCK_S,
+            "BLOCK_C": self.BLOCK_C,
+            "MASK_N": self.MASK_N,
+            "MASK_S": self.MASK_S,
+            "MASK_C": self.MASK_C,
+            "WIDE": self.WIDE,
+            "ONE_S_BLOCK": self.ONE_S_BLOCK,
+            "SAME_STRIDES": self.SAME_STRIDES,
+            "num_warps": self.num_warps,
+        }
 
 
-@functools.lru_cache(maxsize=1024)
-def _tiles(R: int, C: int, channels_inner: bool) -> Tiles:
-    """Tile shape for an (R rows x C channels) problem.
+def _p2(n: int) -> int:
+    return triton.next_power_of_2(max(1, n))
 
-    Channels outermost (NC... layouts): a tall column of one channel, read contiguously along S.
-    Channels innermost (channels_last, (N, C) inputs): a row-block x channel-block tile, read
-    contiguously along C. The interpreter runs each program in numpy, so it gets fewer, larger tiles.
+
+def _wide(rows: Rows, bn: int, bs: int, bc: int) -> bool:
+    """Whether an element offset (tiles rounded up to whole blocks) can reach 2^31: then int64 offsets."""
+    n = triton.cdiv(rows.N, bn) * bn - 1
+    s = triton.cdiv(rows.S, bs) * bs - 1
+    c = triton.cdiv(rows.C, bc) * bc - 1
+    span = max(abs(sn) * n + abs(ss) * s + abs(sc) * c for sn, ss, sc in rows.strides)
+    return span >= 2**31 - 1
+
+
+@functools.lru_cache(maxsize=4096)
+def geometry(rows: Rows, *, single_ok: bool = True, one_tile_per_program: bool = False) -> Geometry:
+    """Tile shape and grid for a pass over ``rows`` (see the module and kernels' docstrings).
+
+    Channels innermost (stride 1, as in channels_last and (N, C) inputs): tiles of up to 64 channels by
+    rows, read along C. Channels outermost (NC... layouts): one channel by a block of samples x positions,
+    read along the positions; S gets its own tile axis, so no element index is divided.
     """
-    max_elems = 1 << 14 if INTERPRET else 4096
-    if channels_inner and C > 1:
-        block_c = min(triton.next_power_of_2(C), 64)
-        block_r = max(1, min(triton.next_power_of_2(R), max_elems // block_c))
+    N, S, C = rows.N, rows.S, rows.C
+    sn, ss, sc = rows.strides[0]
+    inner = sc == 1 and C > 1 and (S == 1 or ss != 1)
+    pn, ps, pc = _p2(N), _p2(S), _p2(C)
+    same = all(st == rows.strides[0] for st in rows.strides)
+    if single_ok and not one_tile_per_program:
+        # One program per channel block holding all of its rows: the one-launch path.
+        bc = min(pc, 64) if inner else 1
+        while inner and bc > min(pc, 8) and pn * ps * bc > SINGLE_MAX_ELEMENTS:
+            bc //= 2
+        if pn * ps * bc <= SINGLE_MAX_ELEMENTS:
+            elems = pn * ps * bc
+            warps = max(1, min(16, elems // 512))
+            return Geometry(
+                pn,
+                ps,
+                bc,
+                pn != N,
+                ps != S,
+                C % bc != 0,
+                _wide(rows, pn, ps, bc),
+                True,
+                same,
+                1,
+                1,
+                triton.cdiv(C, bc),
+                1,
+                1,
+                True,
+                warps,
+                1,
+            )
+    tile = TILE_ELEMENTS
+    bc = min(pc, 64) if inner else 1
+    bs = min(ps, max(1, tile // bc))
+    bn = min(pn, max(1, tile // (bc * bs)))
+    SB, NB, CB = triton.cdiv(S, bs), triton.cdiv(N, bn), triton.cdiv(C, bc)
+    T = NB * SB
+    if one_tile_per_program:
+        TPP, P = 1, T
     else:
-        block_c = 1
-        block_r = min(triton.next_power_of_2(R), max_elems)
-    num_warps = 8 if block_r * block_c >= 4096 else 4
-    return Tiles(block_r, block_c, num_warps)
+        P = min(T, max(1, TARGET_PROGRAMS // CB), max(1, MERGE_MAX_VALUES // bc))
+        TPP = max(triton.cdiv(T, P), 1)
+        TPP = min(TPP, max(1, _COUNT_EXACT // (bn * bs)))
+        P = triton.cdiv(T, TPP)
+    block_p = min(_p2(P), max(1, MERGE_BLOCK_VALUES // bc))
+    return Geometry(
+        bn,
+        bs,
+        bc,
+        N % bn != 0,
+        S % bs != 0,
+        C % bc != 0,
+        _wide(rows, bn, bs, bc),
+        SB == 1,
+        same,
+        SB,
+        T,
+        CB,
+        TPP,
+        P,
+        False,
+        NUM_WARPS,
+        block_p,
+    )
 
 
-def _tiles_for(view: NCS) -> Tiles:
-    R = view.N * view.S
-    channels_inner = view.stride_c == 1 and (view.S == 1 or view.stride_s != 1)
-    return _tiles(R, view.C, channels_inner)
+def _split(v: float) -> tuple[float, float]:
+    """``v`` as float32 hi + lo: kernels take float arguments as float32; the pair keeps float64 precision."""
+    return _split_cached(float(v))
 
 
-def _row_blocks(R: int, tiles: Tiles) -> int:
-    return triton.cdiv(R, tiles.BLOCK_R)
+@functools.lru_cache(maxsize=256)
+def _split_cached(v: float) -> tuple[float, float]:
+    hi = struct.unpack("f", struct.pack("f", v))[0] if math.isfinite(v) and abs(v) < 3e38 else v
+    lo = v - hi if math.isfinite(v) else 0.0
+    lo = struct.unpack("f", struct.pack("f", lo))[0]
+    return hi, lo
 
 
-def _grid(R: int, C: int, tiles: Tiles) -> tuple[int]:
-    """A flat grid of (row-block, channel-block) tiles; the kernels unflatten it (see ``_tile``)."""
-    return (_row_blocks(R, tiles) * triton.cdiv(C, tiles.BLOCK_C),)
+_LOCKS: dict = {}
+_RETIRED_LOCKS: list = []
 
 
-def _per_channel(t: torch.Tensor | None, acc: torch.dtype) -> torch.Tensor | None:
-    return None if t is None else t.detach().to(acc).contiguous()
+def _locks(device: torch.device, n: int) -> torch.Tensor:
+    """Zeroed int32 tickets for ``n`` channel blocks, one buffer per (device, stream); kernels reset them.
+
+    Launches on one stream run one after the other, so a buffer is never used by two kernels at once.
+    While a CUDA graph is being captured each launch gets a fresh zeroed buffer instead (its memset becomes a
+    node of the graph), so graphs replayed concurrently never share tickets; a buffer that is outgrown is
+    kept alive, since a graph captured earlier may still hold its address.
+    """
+    if device.type == "cuda":
+        if torch.cuda.is_current_stream_capturing():
+            return torch.zeros(n, dtype=torch.int32, device=device)
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        key = (index, torch.cuda.current_stream(index).cuda_stream)
+    else:
+        key = (str(device), 0)
+    buf = _LOCKS.get(key)
+    if buf is None or buf.numel() < n:
+        if buf is not None:
+            _RETIRED_LOCKS.append(buf)
+        buf = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
+        _LOCKS[key] = buf
+    return buf
+
+
+# --------------------------------------------------------------------------------- batch-norm passes
+
+
+def _strides_or_zero(rows: Rows, i: int) -> tuple[int, int, int]:
+    return rows.strides[i] if i < len(rows.strides) else (0, 0, 0)
+
+
+def _unit_stride(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A (C,) tensor the kernels can index as ``ptr + c``."""
+    if t is None or t.numel() <= 1 or t.stride(0) == 1:
+        return t
+    return t.contiguous()
+
+
+class _Plan(NamedTuple):
+    """What a repeated call needs besides its tensors: output strides, workspace rows, launches."""
+
+    out_stride: tuple[int, ...] | None  # None: the input's own strides
+    ws_rows: int
+    acc: torch.dtype
+    lock_blocks: int  # channel blocks needing a ticket (0: none)
+    launches: tuple  # (kernel, grid, leading int args, meta)
+    extra: tuple  # pass-specific constants (forward: M / (M - 1))
+
+
+_FORWARD_PLANS: dict = {}
+_BACKWARD_PLANS: dict = {}
+_PLAN_CACHE_SIZE = 4096
+
+
+def _new_like(x: torch.Tensor, stride: tuple[int, ...] | None, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor shaped like ``x``: with x's strides (``stride`` None), else ``stride``."""
+    if stride is None:
+        return torch.empty_like(x, dtype=dtype)
+    return torch.empty_strided(x.shape, stride, dtype=dtype, device=x.device)
+
+
+def _cache(plans: dict, key, plan):
+    if len(plans) >= _PLAN_CACHE_SIZE:
+        plans.clear()
+    plans[key] = plan
+    return plan
+
+
+def clear_plans() -> None:
+    """Forget cached tile shapes and launch plans (after changing the tile policy attributes above)."""
+    geometry.cache_clear()
+    _FORWARD_PLANS.clear()
+    _BACKWARD_PLANS.clear()
+
+
+def _forward_plan(x, residual, training, has_w, has_b, has_running, relu) -> _Plan | None:
+    """The launches of a forward over tensors shaped and strided like ``x`` (None: x or the residual needs
+    a copy first, not planned)."""
+    xv = ncs_view(x)
+    if xv.tensor is not x or (residual is not None and ncs_view(residual).tensor is not residual):
+        return None
+    y = _empty_output(x, x.dtype)
+    views = [xv, ncs_view(y)] + ([ncs_view(residual)] if residual is not None else [])
+    rows = rows_view(*views)
+    acc = acc_dtype(x.dtype)
+    ints = (rows.N, rows.S, rows.C, *rows.strides[0], *rows.strides[1], *_strides_or_zero(rows, 2))
+    flags = {"HAS_W": has_w, "HAS_B": has_b, "HAS_RES": residual is not None, "RELU": relu, "ACC": _tl_acc(acc)}
+    if not training:
+        geo = geometry(rows, single_ok=False)
+        meta = {**geo.meta(), **flags, "EVAL": True}
+        launch = (bn_forward_apply_kernel, geo.grid, (*ints, geo.SB, geo.T, geo.TPP), meta)
+        return _Plan(None if y.stride() == x.stride() else y.stride(), 4, acc, 0, (launch,), ())
+    geo = geometry(rows)
+    M = rows.N * rows.S
+    meta = {**geo.meta(), **flags, "SINGLE": geo.single, "HAS_RUNNING": has_running, "BLOCK_P": geo.block_p}
+    launches = [(bn_forward_stats_kernel, geo.grid, (*ints, geo.SB, geo.T, geo.TPP, geo.P, M), meta)]
+    if not geo.single:
+        meta2 = {**geo.meta(), **flags, "EVAL": False}
+        launches.append((bn_forward_apply_kernel, geo.grid, (*ints, geo.SB, geo.T, geo.TPP), meta2))
+    ws_rows = 4 if geo.single else 4 + 3 * geo.P
+    out_stride = None if y.stride() == x.stride() else y.stride()
+    return _Plan(
+        out_stride, ws_rows, acc, 0 if geo.single else geo.CB, tuple(launches), (M / (M - 1) if M > 1 else 1.0,)
+    )
+
+
+def bn_forward(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+    residual: torch.Tensor | None = None,
+    relu: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``y = act((x - mean)·weight·invstd + bias + residual)`` and the per-channel statistics.
+
+    ``x`` (N, C, *spatial), non-empty, any dtype the kernels support; ``weight``/``bias``/running
+    statistics (C,) or None; ``residual`` like ``x`` or None; ``act`` is ReLU with ``relu``.
+    Training normalises with the batch mean and biased variance and, when the running statistics are
+    given, updates them in place (momentum, unbiased variance, in their own dtype); eval normalises with
+    the running statistics. Returns ``(y, stats)``: y in x's dtype and memory format, and ``stats`` of
+    shape (≥ 4, C) in the accumulation dtype whose rows 0-3 are mean, invstd = 1/sqrt(var + eps),
+    weight·invstd and the (batch: biased; eval: running) variance. One launch in eval and when a channel
+    block fits one tile, otherwise two; a repeated call reuses its cached plan.
+    """
+    has_running = running_mean is not None and running_var is not None
+    key = (
+        x.shape,
+        x.stride(),
+        x.dtype,
+        training,
+        weight is None,
+        bias is None,
+        has_running,
+        None if residual is None else residual.stride(),
+        relu,
+    )
+    plan = _FORWARD_PLANS.get(key)
+    if plan is None:
+        plan = _forward_plan(x, residual, training, weight is not None, bias is not None, has_running, relu)
+        if plan is None:  # a view that must be copied first (rare): plan the copy
+            x = ncs_view(x).tensor
+            residual = ncs_view(residual).tensor if residual is not None else None
+            plan = _forward_plan(x, residual, training, weight is not None, bias is not None, has_running, relu)
+        else:
+            _cache(_FORWARD_PLANS, key, plan)
+    if (
+        (weight is not None and weight.stride(0) != 1 and weight.numel() > 1)
+        or (bias is not None and bias.stride(0) != 1 and bias.numel() > 1)
+        or (has_running and (running_mean.stride(0) != 1 or running_var.stride(0) != 1) and x.shape[1] > 1)
+    ):
+        return _strided_params_forward(
+            x, weight, bias, running_mean, running_var, training, momentum, eps, residual, relu
+        )
+    y = _new_like(x, plan.out_stride, x.dtype)
+    stats = torch.empty((plan.ws_rows, x.shape[1]), dtype=plan.acc, device=x.device)
+    eps_hi, eps_lo = _split(eps)
+    kernel, grid, ints, meta = plan.launches[0]
+    if not training:
+        _launch(
+            kernel, grid, (x, y, residual, weight, bias, running_mean, running_var, stats, *ints, eps_hi, eps_lo), meta
+        )
+        return y, stats
+    locks = _locks(x.device, plan.lock_blocks) if plan.lock_blocks else None
+    mom_hi, mom_lo = _split(momentum)
+    unb_hi, unb_lo = _split(plan.extra[0])
+    _launch(
+        kernel,
+        grid,
+        (
+            x,
+            y,
+            residual,
+            weight,
+            bias,
+            running_mean,
+            running_var,
+            stats,
+            locks,
+            *ints,
+            eps_hi,
+            eps_lo,
+            mom_hi,
+            mom_lo,
+            unb_hi,
+            unb_lo,
+        ),
+        meta,
+    )
+    if len(plan.launches) > 1:
+        kernel, grid, ints, meta = plan.launches[1]
+        _launch(kernel, grid, (x, y, residual, weight, bias, None, None, stats, *ints, eps_hi, eps_lo), meta)
+    return y, stats
+
+
+def _strided_params_forward(x, weight, bias, running_mean, running_var, training, momentum, eps, residual, relu):
+    """bn_forward for (C,) parameters or buffers that are strided views (rare): unit-stride copies, with
+    the running statistics written back."""
+    rm, rv = _unit_stride(running_mean), _unit_stride(running_var)
+    out = bn_forward(x, _unit_stride(weight), _unit_stride(bias), rm, rv, training, momentum, eps, residual, relu)
+    if training:
+        for buf, copy in ((running_mean, rm), (running_var, rv)):
+            if buf is not None and copy is not buf:
+                buf.copy_(copy)
+    return out
+
+
+def bn_backward(
+    grad_output: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    stats: torch.Tensor,
+    *,
+    stats_grad: bool,
+    need_input: bool = True,
+    need_weight: bool = True,
+    need_bias: bool = True,
+    relu_output: torch.Tensor | None = None,
+    need_residual: bool = False,
+    bias_dtype: torch.dtype | None = None,
+    coef_only: bool = False,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """The fused first-order backward: ``(dx, dweight, dbias, dresidual, coef)``.
+
+    ``stats`` is the (≥ 2, C) statistics tensor of the forward (rows: mean, invstd). With ``relu_output``
+    (the y of a fused ReLU) every dy is dy·[y > 0]; ``need_residual`` also returns that gated dy, the
+    residual's gradient. ``coef`` (5, C) holds (scale, beta, gamma, Σdy, Σdy·(x - mean)) when a reduction
+    ran (else None). ``coef_only`` runs the reduction alone (SyncBatchNorm exchanges Σdy and Σdy·(x - mean)
+    before dx). See :func:`tritonbn.autograd.backward_kernels` for the formulas.
+    """
+    return backward_passes(
+        grad_output,
+        x,
+        weight,
+        stats,
+        stats_grad,
+        need_input,
+        need_weight,
+        need_bias,
+        relu_output,
+        need_residual,
+        bias_dtype,
+        coef_only,
+    )
+
+
+def backward_passes(
+    grad_output,
+    x,
+    weight,
+    stats,
+    stats_grad,
+    need_input,
+    need_weight,
+    need_bias,
+    gate,
+    need_residual,
+    bias_dtype,
+    coef_only,
+):
+    """:func:`bn_backward` with positional arguments (the autograd backward's call, ~2 µs less host time)."""
+    need_weight = need_weight and weight is not None
+    weight = _unit_stride(weight)
+    key = (
+        grad_output.shape,
+        grad_output.stride(),
+        x.stride(),
+        grad_output.dtype,
+        x.dtype,
+        None if gate is None else gate.stride(),
+        stats_grad,
+        need_input,
+        need_weight,
+        need_bias,
+        need_residual,
+        coef_only,
+        weight is None,
+    )
+    plan = _BACKWARD_PLANS.get(key)
+    if plan is None:
+        args = (stats_grad, need_input, need_weight, need_bias, need_residual, coef_only, weight is not None)
+        plan = _backward_plan(grad_output, x, gate, *args)
+        if plan is None:  # views that must be copied first (rare)
+            grad_output, x = ncs_view(grad_output).tensor, ncs_view(x).tensor
+            gate = ncs_view(gate).tensor if gate is not None else None
+            plan = _backward_plan(grad_output, x, gate, *args)
+        else:
+            _cache(_BACKWARD_PLANS, key, plan)
+    C = x.shape[1]
+    device = x.device
+    dx = dres = None
+    if not coef_only:
+        if need_input:
+            dx = _new_like(x, plan.out_stride, x.dtype)
+        if need_residual:
+            dres = _new_like(x, plan.out_stride, grad_output.dtype)
+    dw = torch.empty(C, dtype=weight.dtype, device=device) if need_weight else None
+    db = (
+        torch.empty(C, dtype=bias_dtype or (weight.dtype if weight is not None else plan.acc), device=device)
+        if need_bias
+        else None
+    )
+    coef = torch.empty((plan.ws_rows, C), dtype=plan.acc, device=device) if plan.ws_rows else None
+    for kernel, grid, ints, meta in plan.launches:
+        if kernel is bn_backward_reduce_kernel:
+            locks = _locks(device, plan.lock_blocks) if plan.lock_blocks else None
+            _launch(kernel, grid, (grad_output, x, gate, dx, dres, weight, stats, dw, db, coef, locks, *ints), meta)
+        else:
+            _launch(kernel, grid, (grad_output, x, gate, dx, dres, weight, stats, coef, *ints), meta)
+    return dx, dw, db, dres, coef
+
+
+def _backward_plan(dy, x, gate, stats_grad, need_input, need_weight, need_bias, need_residual, coef_only, has_w):
+    """The launches of a backward over tensors shaped and strided like ``dy``, ``x``, ``gate`` (None: one
+    of them needs a copy first, not planned)."""
+    gv, xv = ncs_view(dy), ncs_view(x)
+    yv = ncs_view(gate) if gate is not None else xv
+    if gv.tensor is not dy or xv.tensor is not x or (gate is not None and yv.tensor is not gate):
+        return None
+    writes = (need_input or need_residual) and not coef_only
+    out = _empty_output(x, x.dtype) if writes else None
+    dv = ncs_view(out) if out is not None else xv
+    rows = rows_view(gv, xv, yv, dv)
+    acc = acc_dtype(x.dtype)
+    ints = (rows.N, rows.S, rows.C, *(v for st in rows.strides for v in st))
+    flags = {"GATE": gate is not None, "HAS_W": has_w, "ACC": _tl_acc(acc)}
+    need_sums = need_weight or need_bias or (need_input and stats_grad) or coef_only
+    launches = []
+    ws_rows = lock_blocks = 0
+    rest = writes
+    if need_sums:
+        geo = geometry(rows, single_ok=not coef_only)
+        # dx (and dres) in the reduction pass: from the registers (one tile), or dx = scale·g (constant stats)
+        in_pass = geo.single or not stats_grad
+        meta = {
+            **geo.meta(),
+            **flags,
+            "SINGLE": geo.single,
+            "STATS_GRAD": stats_grad,
+            "WRITE_DX": need_input and writes and in_pass,
+            "WRITE_DRES": need_residual and writes and in_pass,
+            "NEED_XMU": need_weight or stats_grad or coef_only,
+            "NEED_DW": need_weight,
+            "NEED_DB": need_bias,
+            "WRITE_COEF": not geo.single or coef_only,
+            "BLOCK_P": geo.block_p,
+        }
+        launches.append(
+            (bn_backward_reduce_kernel, geo.grid, (*ints, geo.SB, geo.T, geo.TPP, geo.P, rows.N * rows.S), meta)
+        )
+        ws_rows = 0 if geo.single and not coef_only else 5 + (0 if geo.single else 2 * geo.P)
+        lock_blocks = 0 if geo.single else geo.CB
+        rest = writes and not in_pass
+    if rest:
+        geo = geometry(rows, single_ok=False)
+        meta = {
+            **geo.meta(),
+            **flags,
+            "STATS_GRAD": stats_grad and need_sums,
+            "WRITE_DX": need_input,
+            "WRITE_DRES": need_residual,
+        }
+        launches.append((bn_backward_dx_kernel, geo.grid, (*ints, geo.SB, geo.T, geo.TPP), meta))
+    out_stride = None if out is None or out.stride() == x.stride() else out.stride()
+    return _Plan(out_stride, ws_rows, acc, lock_blocks, tuple(launches), ())
+
+
+def bn_backward_dx(
+    grad_output: torch.Tensor,
+    x: torch.Tensor,
+    stats: torch.Tensor,
+    coef: torch.Tensor,
+    *,
+    relu_output: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """dx = coef[0]·g + coef[1]·(x - stats[0]) + coef[2] with g = dy (·[y > 0] with ``relu_output``): the
+    input gradient from given coefficients, one launch (SyncBatchNorm's, after its all_reduce)."""
+    gv, xv = ncs_view(grad_output), ncs_view(x)
+    dx = _empty_output(xv.tensor, x.dtype)
+    yv = ncs_view(relu_output) if relu_output is not None else xv
+    rows = rows_view(gv, xv, yv, ncs_view(dx))
+    geo = geometry(rows, single_ok=False)
+    meta = {
+        **geo.meta(),
+        "STATS_GRAD": True,
+        "GATE": relu_output is not None,
+        "WRITE_DX": True,
+        "WRITE_DRES": False,
+        "HAS_W": False,
+        "ACC": _tl_acc(acc_dtype(x.dtype)),
+    }
+    ints = (rows.N, rows.S, rows.C, *(v for st in rows.strides for v in st), geo.SB, geo.T, geo.TPP)
+    _launch(
+        bn_backward_dx_kernel,
+        geo.grid,
+        (
+            gv.tensor,
+            xv.tensor,
+            yv.tensor if relu_output is not None else None,
+            dx,
+            None,
+            None,
+            stats.contiguous(),
+            coef.contiguous(),
+            *ints,
+        ),
+        meta,
+    )
+    return dx
+
+
+def bn_apply(x: torch.Tensor, stats: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``y = (x - stats[0])·stats[2] + bias``: the normalisation with given statistics (mean and scale rows of
+    a (≥ 3, C) accumulation-dtype tensor), one launch. SyncBatchNorm normalises with its group's statistics."""
+    bias = _unit_stride(bias)
+    xv = ncs_view(x)
+    y = _empty_output(xv.tensor, x.dtype)
+    yv = ncs_view(y)
+    rows = rows_view(xv, yv)
+    geo = geometry(rows, single_ok=False)
+    (sxn, sxs, sxc), (syn, sys_, syc) = rows.strides
+    meta = geo.meta()
+    meta.update(
+        EVAL=False, HAS_W=False, HAS_B=bias is not None, HAS_RES=False, RELU=False, ACC=_tl_acc(acc_dtype(x.dtype))
+    )
+    _launch(
+        bn_forward_apply_kernel,
+        geo.grid,
+        (
+            xv.tensor,
+            y,
+            None,
+            None,
+            bias,
+            None,
+            None,
+            stats.contiguous(),
+            rows.N,
+            rows.S,
+            rows.C,
+            sxn,
+            sxs,
+            sxc,
+            syn,
+            sys_,
+            syc,
+            0,
+            0,
+            0,
+            geo.SB,
+            geo.T,
+            geo.TPP,
+            0.0,
+            0.0,
+        ),
+        meta,
+    )
+    return y
 
 
 def batch_stats(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-channel batch mean, biased variance and 1/sqrt(var + eps) of ``x`` (N, C, *spatial).
+    """Per-channel batch mean, biased variance and 1/sqrt(var + eps) of a non-empty ``x`` (N, C, *spatial).
 
-    Pass 1 writes (mean, M2) partials per (row-block, channel); pass 2 merges them with Chan's formula.
+    One launch of the statistics kernel; nothing else is written (``y`` is computed and dropped only on the
+    one-tile path, where it costs no extra pass).
     """
-    view = ncs_view(x)
-    R, C = view.N * view.S, view.C
-    acc = acc_dtype(x.dtype)
-    tiles = _tiles_for(view)
-    grid = _grid(R, C, tiles)
-    P = _row_blocks(R, tiles)
-    mean_p = torch.empty((P, C), dtype=acc, device=x.device)
-    m2_p = torch.empty((P, C), dtype=acc, device=x.device)
-    stats_partial_kernel[grid](
-        view.tensor,
-        mean_p,
-        m2_p,
-        R,
-        C,
-        view.S,
-        view.stride_n,
-        view.stride_c,
-        view.stride_s,
-        BLOCK_R=tiles.BLOCK_R,
-        BLOCK_C=tiles.BLOCK_C,
-        ACC=_tl_acc(acc),
-        num_warps=tiles.num_warps,
-    )
-    return merge_stats(mean_p, m2_p, None, R, eps, rows_per_partial=tiles.BLOCK_R)
+    _, stats = bn_forward(x, None, None, None, None, True, 0.0, eps)
+    return stats[0], stats[3], stats[1]
 
 
 def merge_stats(
     mean_p: torch.Tensor,
     m2_p: torch.Tensor,
-    count_p: torch.Tensor | None,
+    count_p: torch.Tensor,
     total: int,
     eps: float,
-    *,
-    rows_per_partial: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Merge (P, C) partial means and M2s into per-channel mean, biased variance and invstd (Chan's formula).
-
-    ``count_p`` (P,) gives each partial's element count (zeros allowed); without it partial p covers
-    ``rows_per_partial`` elements, the last one the remainder of ``total``.
-    """
+    """Merge (P, C) partial means and M2s with (P,) counts (zeros allowed; the first one non-zero) into
+    per-channel mean, biased variance and invstd (Chan's formula): how SyncBatchNorm merges its ranks."""
     P, C = mean_p.shape
     acc = mean_p.dtype
     mean = torch.empty(C, dtype=acc, device=mean_p.device)
     var = torch.empty_like(mean)
     block_c = min(triton.next_power_of_2(C), 64)
     block_p = max(1, min(triton.next_power_of_2(P), 4096 // block_c))
-    stats_merge_kernel[(triton.cdiv(C, block_c),)](
-        mean_p.contiguous(),
-        m2_p.contiguous(),
-        count_p.contiguous() if count_p is not None else None,
-        mean,
-        var,
-        P,
-        total,
-        C,
-        HAS_COUNTS=count_p is not None,
-        ROWS_PER_PARTIAL=rows_per_partial,
-        BLOCK_P=block_p,
-        BLOCK_C=block_c,
-        ACC=_tl_acc(acc),
+    _launch(
+        stats_merge_kernel,
+        (triton.cdiv(C, block_c),),
+        (mean_p.contiguous(), m2_p.contiguous(), count_p.contiguous(), mean, var, P, total, C),
+        {"BLOCK_P": block_p, "BLOCK_C": block_c, "ACC": _tl_acc(acc)},
     )
-    # O(C), in torch: IEEE sqrt and division, and eps in the accumulation dtype (a float kernel argument
-    # would be passed as float32 on CUDA even for float64 inputs).
+    # O(C), in torch: IEEE sqrt and division in the accumulation dtype.
     invstd = 1.0 / torch.sqrt(var + eps)
     return mean, var, invstd
+
+
+# ---------------------------------------------------------------------------- generic primitives
+
+
+def _per_channel(t: torch.Tensor | None, acc: torch.dtype) -> torch.Tensor | None:
+    return None if t is None else t.detach().to(acc).contiguous()
 
 
 def channel_sums(
@@ -220,50 +820,50 @@ def channel_sums(
     """Per-channel ``Σ (u - mu_u)`` (if ``want_sum_u``) and ``Σ (u - mu_u)·(v - mu_v)`` (if ``v`` is given).
 
     Sums run over N and the spatial dims in the accumulation dtype; ``mu_*`` are per-channel (C,) centres.
-    With ``gate``, ``u - mu_u`` counts only where ``gate > 0`` (a fused ReLU's mask).
+    With ``gate``, ``u - mu_u`` counts only where ``gate > 0`` (a fused ReLU's mask). One tile per program;
+    a torch sum finishes the per-tile partials (the primitives of the double backward).
     """
     acc = acc_dtype(torch.promote_types(u.dtype, v.dtype) if v is not None else u.dtype)
     uv = ncs_view(u)
     vv = ncs_view(v) if v is not None else uv
     gv = ncs_view(gate) if gate is not None else uv
-    R, C = uv.N * uv.S, uv.C
-    tiles = _tiles_for(uv)
-    grid = _grid(R, C, tiles)
-    P = _row_blocks(R, tiles)
-    sum_u_p = torch.empty((P, C), dtype=acc, device=u.device) if want_sum_u else None
-    sum_uv_p = torch.empty((P, C), dtype=acc, device=u.device) if v is not None else None
+    rows = rows_view(uv, vv, gv)
+    geo = geometry(rows, one_tile_per_program=True)
+    C = rows.C
+    sum_u_p = torch.empty((geo.T, C), dtype=acc, device=u.device) if want_sum_u else None
+    sum_uv_p = torch.empty((geo.T, C), dtype=acc, device=u.device) if v is not None else None
     mu_u, mu_v = _per_channel(mu_u, acc), _per_channel(mu_v, acc)
-    channel_sums_kernel[grid](
-        uv.tensor,
-        mu_u,
-        vv.tensor,
-        mu_v,
-        sum_u_p,
-        sum_uv_p,
-        gv.tensor,
-        R,
-        C,
-        uv.S,
-        uv.stride_n,
-        uv.stride_c,
-        uv.stride_s,
-        vv.stride_n,
-        vv.stride_c,
-        vv.stride_s,
-        gv.stride_n,
-        gv.stride_c,
-        gv.stride_s,
+    meta = geo.meta()
+    meta.update(
         HAS_GATE=gate is not None,
         HAS_MU_U=mu_u is not None,
         HAS_V=v is not None,
         HAS_MU_V=mu_v is not None,
         WANT_SUM_U=want_sum_u,
-        BLOCK_R=tiles.BLOCK_R,
-        BLOCK_C=tiles.BLOCK_C,
         ACC=_tl_acc(acc),
-        num_warps=tiles.num_warps,
     )
-    # O(C * row-blocks) finishing sum over the partials (deterministic; no atomics).
+    _launch(
+        channel_sums_kernel,
+        (geo.T * geo.CB,),
+        (
+            uv.tensor,
+            mu_u,
+            vv.tensor,
+            mu_v,
+            sum_u_p,
+            sum_uv_p,
+            gv.tensor,
+            rows.N,
+            rows.S,
+            C,
+            geo.SB,
+            *rows.strides[0],
+            *rows.strides[1],
+            *rows.strides[2],
+        ),
+        meta,
+    )
+    # O(C * tiles) finishing sum over the partials (deterministic; no atomics).
     return (
         sum_u_p.sum(0) if sum_u_p is not None else None,
         sum_uv_p.sum(0) if sum_uv_p is not None else None,
@@ -300,33 +900,10 @@ def channel_affine(
     v1 = ncs_view(t1) if t1 is not None else ov
     v2 = ncs_view(t2) if t2 is not None else ov
     gv = ncs_view(gate) if gate is not None else ov
-    R, C = ov.N * ov.S, ov.C
-    tiles = _tiles_for(ov)
-    channel_affine_kernel[_grid(R, C, tiles)](
-        out,
-        v1.tensor,
-        _per_channel(mu1, acc),
-        _per_channel(a1, acc),
-        v2.tensor,
-        _per_channel(mu2, acc),
-        _per_channel(a2, acc),
-        _per_channel(g, acc),
-        gv.tensor,
-        R,
-        C,
-        ov.S,
-        ov.stride_n,
-        ov.stride_c,
-        ov.stride_s,
-        v1.stride_n,
-        v1.stride_c,
-        v1.stride_s,
-        v2.stride_n,
-        v2.stride_c,
-        v2.stride_s,
-        gv.stride_n,
-        gv.stride_c,
-        gv.stride_s,
+    rows = rows_view(ov, v1, v2, gv)
+    geo = geometry(rows, one_tile_per_program=True)
+    meta = geo.meta()
+    meta.update(
         GATE=0 if gate is None else 2 if gate_output else 1,
         RELU=relu,
         HAS_T1=t1 is not None,
@@ -334,9 +911,30 @@ def channel_affine(
         HAS_T2=t2 is not None,
         HAS_MU2=mu2 is not None,
         HAS_G=g is not None,
-        BLOCK_R=tiles.BLOCK_R,
-        BLOCK_C=tiles.BLOCK_C,
         ACC=_tl_acc(acc),
-        num_warps=tiles.num_warps,
+    )
+    _launch(
+        channel_affine_kernel,
+        (geo.T * geo.CB,),
+        (
+            out,
+            v1.tensor,
+            _per_channel(mu1, acc),
+            _per_channel(a1, acc),
+            v2.tensor,
+            _per_channel(mu2, acc),
+            _per_channel(a2, acc),
+            _per_channel(g, acc),
+            gv.tensor,
+            rows.N,
+            rows.S,
+            rows.C,
+            geo.SB,
+            *rows.strides[0],
+            *rows.strides[1],
+            *rows.strides[2],
+            *rows.strides[3],
+        ),
+        meta,
     )
     return out

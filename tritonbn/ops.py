@@ -44,19 +44,18 @@ def batch_norm_forward(
     relu: bool,
     detach_stats: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    y, mean, invstd, var = autograd.forward_kernels(
-        x, weight, bias, running_mean, running_var, training, eps, residual, relu
-    )
     new_mean, new_var = x.new_empty(0), x.new_empty(0)
     if training and running_mean is not None:
         new_mean = running_mean.clone()
     if training and running_var is not None:
         new_var = running_var.clone()
+    # the statistics kernel updates the copies in place; the caller's buffers are untouched
     if training:
-        autograd._update_running_stats(
-            _none_if_empty(new_mean), _none_if_empty(new_var), mean, var, autograd._count(x), momentum
-        )
-    return y, mean, invstd, new_mean, new_var
+        rm, rv = _none_if_empty(new_mean), _none_if_empty(new_var)
+    else:
+        rm, rv = running_mean, running_var  # read only in eval
+    y, stats = launch.bn_forward(x, weight, bias, rm, rv, training, momentum, eps, residual, relu)
+    return y, stats[0].clone(), stats[1].clone(), new_mean, new_var
 
 
 @batch_norm_forward.register_fake
@@ -80,17 +79,20 @@ def batch_norm_backward(
     need_bias: bool,
     need_residual: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    dx, dweight, dbias = autograd.backward_kernels(
-        grad_output, x, weight, mean, invstd, stats_grad=stats_grad, need_bias=need_bias, relu_output=relu_output
+    dx, dweight, dbias, dres = autograd.backward_kernels(
+        grad_output,
+        x,
+        weight,
+        torch.stack([mean, invstd]),
+        stats_grad=stats_grad,
+        need_bias=need_bias,
+        relu_output=relu_output,
+        need_residual=need_residual,
     )
-    dres = x.new_empty(0)
-    if need_residual:
-        ones = torch.ones_like(invstd)
-        dres = (
-            launch.channel_affine(x, grad_output, None, ones, gate=relu_output)
-            if relu_output is not None
-            else grad_output.clone()
-        )
+    if not need_residual:
+        dres = x.new_empty(0)
+    elif relu_output is None:
+        dres = grad_output.clone()  # outputs of a custom op may not alias its inputs
     # "no gradient" is a fresh empty tensor each: outputs of a custom op may not alias one another
     dweight = x.new_empty(0) if dweight is None else dweight
     dbias = x.new_empty(0) if dbias is None else dbias

@@ -98,7 +98,7 @@ def check_kernel_reader(report: Callable[[str], None]) -> list[str]:
             "from triton.compiler import ASTSource\n"
             "from triton.backends.compiler import GPUTarget\n"
             "from tritonbn.kernels.batch_norm import stats_merge_kernel as k\n"
-            "consts = {'HAS_COUNTS': False, 'ROWS_PER_PARTIAL': 256, 'BLOCK_P': 64, 'BLOCK_C': 64, 'ACC': tl.float32}\n"
+            "consts = {'BLOCK_P': 64, 'BLOCK_C': 64, 'ACC': tl.float32}\n"
             "sig = {n: 'constexpr' if n in consts else '*fp32' if n.endswith('_ptr') else 'i32' for n in k.arg_names}\n"
             "triton.compile(ASTSource(fn=k, signature=sig, constexprs=consts), target=GPUTarget('cuda', 90, 32),\n"
             "               options={'num_warps': 4})\n"

@@ -1,146 +1,947 @@
 """Triton kernels for batch normalization.
 
-Every kernel sees its tensors as a 2-d matrix of ``R = N * S`` rows by ``C`` channels, where row ``r``
-is sample ``n = r // S`` at flattened spatial position ``s = r % S`` and an element lives at
-``n * stride_n + s * stride_s + c * stride_c``. The same code therefore serves contiguous (NC...) and
-channels_last tensors, and many non-contiguous views, without copies: the launcher only picks the tile
-shape (a tall ``BLOCK_R x 1`` column when channels are outermost, a ``BLOCK_R x BLOCK_C`` tile when they
-are innermost) and passes the strides.
+Addressing
+----------
+Every kernel sees a tensor as ``N`` samples x ``S`` positions x ``C`` channels with one stride per axis
+(the launcher collapses the spatial dims, and folds N into S when the two are one dense axis, as in
+channels_last and (N, C) inputs). A program works on 3-d tiles ``BLOCK_N x BLOCK_S x BLOCK_C``: sample,
+position and channel each have their own tile axis, so no element index is ever divided (a flat row index
+``r`` would need ``r // S`` per element). Element offsets inside a tile are int32 (int64 with ``WIDE``,
+when a tile spans more than 2^31 elements) added to an int64 tile base, so tensors beyond 2^31 elements
+work. ``MASK_N/MASK_S/MASK_C`` are set only for the axes a tile can overhang: a tensor whose sizes are
+multiples of the tile runs without masks, and unit strides are specialised by Triton, so contiguous axes
+get vector loads wherever alignment allows.
 
-Programs cover (row-block, channel-block) tiles, numbered on a flat 1-d grid (CUDA's y and z grid axes
-stop at 65535 blocks), so a layer with few channels still fills the GPU and one with very many, or a
-tensor beyond 2^31 elements, still launches. Reductions write per-row-block partials and are finished by
-a second, O(C * row-blocks), kernel or by a torch sum over the partials: no atomics, so results are
-bit-for-bit deterministic.
+Programs and passes
+-------------------
+Programs cover (chunk, channel-block) pairs on a flat 1-d grid, channel blocks varying fastest; a chunk is
+``TPP`` consecutive tiles of the channel block's ``T`` tiles. The fast path of a training step is:
 
-Kernels have no side effects beyond their outputs; running statistics are updated by the caller.
+* forward: :func:`bn_forward_stats_kernel` (per-chunk statistics; the last program of each channel block
+  merges them, computes invstd and scale, and updates the running statistics) then
+  :func:`bn_forward_apply_kernel` (normalise, optional residual and ReLU); when a channel block's rows fit
+  one tile (``SINGLE``) the first kernel normalises its registers and the second is not launched;
+* eval forward: :func:`bn_forward_apply_kernel` alone (``EVAL``: invstd and scale from the running
+  statistics, per program);
+* backward: :func:`bn_backward_reduce_kernel` (Σdy and Σdy·(x - mean); the last program writes dweight,
+  dbias and the dx coefficients) then :func:`bn_backward_dx_kernel`; one launch when the statistics are
+  constants (dx is written in the reduction pass) or a channel block fits one tile.
+
+"The last program" is found with an int32 ticket per channel block (``tl.atomic_add`` with acq_rel
+semantics after a CTA barrier, as CUTLASS's semaphore does). The ticket only elects who merges; the merge
+itself reads the partials in a fixed order, so results are bit-for-bit deterministic. The ticket is reset
+by the program that takes it, so the launcher keeps one zeroed ticket buffer per device and stream.
+
+The generic :func:`channel_sums_kernel` and :func:`channel_affine_kernel` serve the differentiable
+primitives of the double backward and SyncBatchNorm's cross-rank passes.
 """
+
+# Constexpr branches stay statements (one per specialisation), not conditional expressions.
+# ruff: noqa: SIM108
+
+import os
 
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _tile(
-    R,
-    C,
-    S,
-    BLOCK_R: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
-    """Row/channel offsets and masks of this program's tile, in int64 (channel blocks vary fastest)."""
-    pid = tl.program_id(0).to(tl.int64)
-    num_pid_c = tl.cdiv(C, BLOCK_C)
-    pid_r = pid // num_pid_c
-    pid_c = pid - pid_r * num_pid_c
-    offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
-    m_r = offs_r < R
-    m_c = offs_c < C
-    n = offs_r // S
-    s = offs_r - n * S
-    return pid_r, offs_r, offs_c, m_r, m_c, n, s
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@triton.jit
-def _centered(
-    t_ptr,
-    mu_ptr,
-    n,
-    s,
-    offs_c,
-    mask,
-    m_c,
+def _device(fn):
+    """``@triton.jit`` for a device helper. In Triton's interpreter a plain function: the same code on the
+    interpreter's patched ``triton.language``, without the interpreter re-patching the language module
+    on every nested call (which costs milliseconds per call)."""
+    return fn if _INTERPRET else triton.jit(fn)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+@_device
+def _rel_offsets(
     stride_n,
-    stride_c,
     stride_s,
-    HAS_MU: tl.constexpr,
-    ACC: tl.constexpr,
-):
-    """Load a tile of ``t`` upcast to ACC, minus the per-channel ``mu`` when given (0 on masked lanes)."""
-    p_t = t_ptr + (n * stride_n + s * stride_s)[:, None] + (offs_c * stride_c)[None, :]
-    t = tl.load(p_t, mask=mask, other=0.0).to(ACC)
-    if HAS_MU:
-        mu = tl.load(mu_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
-        t = tl.where(mask, t - mu[None, :], 0.0)
-    return t
-
-
-@triton.jit
-def _gated(t, gate_ptr, n, s, offs_c, mask, stride_n, stride_c, stride_s):
-    """``t`` where the matching element of ``gate`` is > 0, else 0 (the ReLU derivative mask)."""
-    p_gate = gate_ptr + (n * stride_n + s * stride_s)[:, None] + (offs_c * stride_c)[None, :]
-    gate = tl.load(p_gate, mask=mask, other=0.0)
-    return tl.where(gate > 0, t, 0.0)
-
-
-@triton.jit
-def stats_partial_kernel(
-    x_ptr,
-    mean_p_ptr,
-    m2_p_ptr,
-    R,
-    C,
-    S,
-    stride_xn,
-    stride_xc,
-    stride_xs,
-    BLOCK_R: tl.constexpr,
+    stride_c,
+    BLOCK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr,
     BLOCK_C: tl.constexpr,
-    ACC: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
-    """Per (row-block, channel) partial statistics: the block's mean and M2 = Σ (x - mean)².
+    """Offsets of a tile's elements relative to its first element, (BLOCK_N·BLOCK_S, BLOCK_C).
 
-    Uses the shifted-data algorithm with the block's first row as the shift K: with d = x - K,
-    mean = K + Σd / n and M2 = Σd² - (Σd)² / n. The shift is a sample of the channel, so d is of the order
-    of the channel's spread and nothing cancels catastrophically even when |mean| >> std; a constant
-    channel gives d = 0 and therefore exactly zero M2.
+    Tile row r is sample r // BLOCK_S, position r % BLOCK_S: powers of two, so a shift and a mask, computed
+    once per program (never per element per iteration).
     """
-    pid_r, offs_r, offs_c, m_r, m_c, n, s = _tile(R, C, S, BLOCK_R, BLOCK_C)
-    mask = m_r[:, None] & m_c[None, :]
-    row0 = pid_r * BLOCK_R
-    n0 = row0 // S
-    s0 = row0 - n0 * S
-    k = tl.load(x_ptr + n0 * stride_xn + s0 * stride_xs + offs_c * stride_xc, mask=m_c, other=0.0).to(ACC)
-    x = tl.load(
-        x_ptr + (n * stride_xn + s * stride_xs)[:, None] + (offs_c * stride_xc)[None, :], mask=mask, other=0.0
-    ).to(ACC)
-    d = tl.where(mask, x - k[None, :], 0.0)
-    cnt = tl.minimum(R - row0, BLOCK_R).to(ACC)
-    sd = tl.sum(d, axis=0)
-    mean = k + sd / cnt
-    m2 = tl.maximum(tl.sum(d * d, axis=0) - sd * sd / cnt, 0.0)
-    p_out = pid_r * C + offs_c
-    tl.store(mean_p_ptr + p_out, mean, mask=m_c)
-    tl.store(m2_p_ptr + p_out, m2, mask=m_c)
+    oc = tl.arange(0, BLOCK_C)
+    if WIDE:
+        oc = oc.to(tl.int64)
+    if BLOCK_N == 1:
+        os_ = tl.arange(0, BLOCK_S)
+        if WIDE:
+            os_ = os_.to(tl.int64)
+        rows = os_ * stride_s
+    else:
+        r = tl.arange(0, BLOCK_N * BLOCK_S)
+        on = r // BLOCK_S
+        os_ = r % BLOCK_S
+        if WIDE:
+            on = on.to(tl.int64)
+            os_ = os_.to(tl.int64)
+        rows = on * stride_n + os_ * stride_s
+    if BLOCK_C == 1:
+        return rows[:, None]
+    return rows[:, None] + (oc * stride_c)[None, :]
 
 
-@triton.jit
-def _partial_block(
-    mean_p_ptr,
-    count_p_ptr,
-    p_start,
+@_device
+def _tile_mask(
+    n0,
+    s0,
+    c0,
+    N,
+    S,
+    C,
+    BLOCK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    MASK_N: tl.constexpr,
+    MASK_S: tl.constexpr,
+    MASK_C: tl.constexpr,
+):
+    """In-bounds mask of the tile at (n0, s0, c0); only the axes that can overhang are tested."""
+    r = tl.arange(0, BLOCK_N * BLOCK_S)
+    m = tl.full([BLOCK_N * BLOCK_S, BLOCK_C], 1, tl.int1)
+    if MASK_N:
+        m = m & ((n0 + r // BLOCK_S) < N)[:, None]
+    if MASK_S:
+        m = m & ((s0 + r % BLOCK_S) < S)[:, None]
+    if MASK_C:
+        m = m & ((c0 + tl.arange(0, BLOCK_C)) < C)[None, :]
+    return m
+
+
+@_device
+def _tile_start(t, SB, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, WIDE: tl.constexpr):
+    """Sample block and position block of tile ``t`` (tiles enumerate sample blocks x position blocks);
+    int64 with WIDE, so that block starts past 2^31 (a channel of 2^31 rows or more) do not wrap."""
+    if WIDE:
+        t = t.to(tl.int64)
+    nb = t // SB
+    return nb, t - nb * SB
+
+
+@_device
+def _next_tile(nb, sb, SB):
+    """The tile after (nb, sb), without a division."""
+    sb += 1
+    wrap = sb == SB
+    return nb + wrap.to(tl.int32), tl.where(wrap, 0, sb)
+
+
+@_device
+def _sum_nc(t):
+    """Sum over the tile's rows: (BLOCK_N·BLOCK_S, BLOCK_C) -> (BLOCK_C,)."""
+    return tl.sum(t, axis=0)
+
+
+@_device
+def _clamp0(v):
+    """max(v, 0) that keeps NaN (a variance from data holding NaN or inf stays NaN, as torch's does)."""
+    return tl.where(v < 0, 0.0, v)
+
+
+@_device
+def _relu(v):
+    """max(v, 0) that keeps NaN, as torch.relu does (a hardware max would drop it)."""
+    return tl.where(v < 0, 0.0, v)
+
+
+@_device
+def _split_scalar(hi, lo, ACC: tl.constexpr):
+    """A host float passed as two float32 halves (hi + lo), rebuilt in the accumulation dtype."""
+    return tl.cast(hi, ACC) + tl.cast(lo, ACC)
+
+
+@_device
+def _invstd(var, eps, ACC: tl.constexpr):
+    """1 / sqrt(var + eps): IEEE in float64; the hardware rsqrt in float32 (within 2 ulp of torch's 1/sqrt)."""
+    if tl.float64 == ACC:
+        return 1.0 / tl.sqrt(var + eps)
+    else:
+        return tl.math.rsqrt(var + eps)
+
+
+@_device
+def _last_program(lock_ptr, pid_c, P):
+    """True in the program that completes its channel block's P partials (then resets the ticket).
+
+    All threads' partial stores are ordered before the ticket by the barrier; acq_rel at GPU scope makes
+    them visible to the program that draws the last ticket.
+    """
+    tl.debug_barrier()
+    ticket = tl.atomic_add(lock_ptr + pid_c, 1, sem="acq_rel")
+    last = ticket == P - 1
+    return last
+
+
+@_device
+def _update_running(rm_ptr, rv_ptr, offs_c, m_c, mean, var, mom_hi, mom_lo, unb_hi, unb_lo, ACC: tl.constexpr):
+    """running = (1 - momentum)·running + momentum·batch, the variance unbiased by M / (M - 1) (as torch)."""
+    mom = _split_scalar(mom_hi, mom_lo, ACC)
+    unbias = _split_scalar(unb_hi, unb_lo, ACC)
+    rm = tl.load(rm_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
+    tl.store(rm_ptr + offs_c, (rm * (1.0 - mom) + mean * mom).to(rm_ptr.dtype.element_ty), mask=m_c)
+    rv = tl.load(rv_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
+    tl.store(rv_ptr + offs_c, (rv * (1.0 - mom) + (var * unbias) * mom).to(rv_ptr.dtype.element_ty), mask=m_c)
+
+
+@_device
+def _merge_partials(part_ptr, offs_c, m_c, P, C, M, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    """Merge P (mean, M2, count) partials per channel with Chan's parallel formula, in partial order.
+
+    mean = m_0 + Σ n_p (m_p - m_0) / M   (shifted by the first partial's mean)
+    M2   = Σ M2_p + Σ n_p (m_p - mean)²
+    Returns the mean and the biased variance M2 / M. The partials are laid out (3, P, C).
+    """
+    m0 = tl.load(part_ptr + offs_c, mask=m_c, other=0.0, cache_modifier=".cg").to(ACC)
+    acc = tl.zeros([BLOCK_C], dtype=ACC)
+    for p0 in range(0, P, BLOCK_P):
+        offs_p = p0 + tl.arange(0, BLOCK_P)
+        mask = (offs_p < P)[:, None] & m_c[None, :]
+        offs = offs_p.to(tl.int64)[:, None] * C + offs_c[None, :]
+        mp = tl.load(part_ptr + offs, mask=mask, other=0.0, cache_modifier=".cg").to(ACC)
+        cnt = tl.load(part_ptr + 2 * P * C + offs, mask=mask, other=0.0, cache_modifier=".cg").to(ACC)
+        acc += tl.sum(cnt * (mp - m0[None, :]), axis=0)
+    mean = m0 + acc / M
+    m2 = tl.zeros([BLOCK_C], dtype=ACC)
+    for p0 in range(0, P, BLOCK_P):
+        offs_p = p0 + tl.arange(0, BLOCK_P)
+        mask = (offs_p < P)[:, None] & m_c[None, :]
+        offs = offs_p.to(tl.int64)[:, None] * C + offs_c[None, :]
+        mp = tl.load(part_ptr + offs, mask=mask, other=0.0, cache_modifier=".cg").to(ACC)
+        m2p = tl.load(part_ptr + P * C + offs, mask=mask, other=0.0, cache_modifier=".cg").to(ACC)
+        cnt = tl.load(part_ptr + 2 * P * C + offs, mask=mask, other=0.0, cache_modifier=".cg").to(ACC)
+        dm = mp - mean[None, :]
+        m2 += tl.sum(m2p + cnt * dm * dm, axis=0)
+    return mean, m2 / M
+
+
+@_device
+def _sum_partials(part_ptr, offs_c, m_c, P, C, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    """Σ over P partials per channel, in partial order (deterministic), of a (P, C) slab."""
+    acc = tl.zeros([BLOCK_C], dtype=ACC)
+    for p0 in range(0, P, BLOCK_P):
+        offs_p = p0 + tl.arange(0, BLOCK_P)
+        mask = (offs_p < P)[:, None] & m_c[None, :]
+        offs = offs_p.to(tl.int64)[:, None] * C + offs_c[None, :]
+        acc += tl.sum(tl.load(part_ptr + offs, mask=mask, other=0.0, cache_modifier=".cg").to(ACC), axis=0)
+    return acc
+
+
+# ---------------------------------------------------------------------------------------------- forward
+
+
+@_device
+def _program(C, BLOCK_C: tl.constexpr):
+    """(channel block, chunk, first channel, channel offsets, channel mask) of this program."""
+    CB = tl.cdiv(C, BLOCK_C)
+    pid = tl.program_id(0)
+    pid_c = pid % CB
+    c0 = pid_c * BLOCK_C
+    offs_c = c0 + tl.arange(0, BLOCK_C)
+    return pid_c, pid // CB, c0, offs_c, offs_c < C
+
+
+@_device
+def _off(n0, s0, c0, stride_n, stride_s, stride_c, WIDE: tl.constexpr):
+    """Offset of element (n0, s0, c0): int32, or int64 with WIDE (tensors spanning 2^31 elements or more)."""
+    if WIDE:
+        return n0.to(tl.int64) * stride_n + s0.to(tl.int64) * stride_s + c0.to(tl.int64) * stride_c
+    else:
+        return n0 * stride_n + s0 * stride_s + c0 * stride_c
+
+
+@_device
+def _forward_tail(
+    w_ptr,
+    rm_ptr,
+    rv_ptr,
+    stats_ptr,
     offs_c,
     m_c,
-    P,
-    R,
     C,
-    HAS_COUNTS: tl.constexpr,
-    ROWS_PER_PARTIAL: tl.constexpr,
+    mean,
+    var,
+    eps_hi,
+    eps_lo,
+    mom_hi,
+    mom_lo,
+    unb_hi,
+    unb_lo,
+    HAS_W: tl.constexpr,
+    HAS_RUNNING: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """invstd and scale = weight·invstd from the batch statistics; writes ``stats`` (mean, invstd, scale,
+    var) and updates the running statistics. Returns the scale."""
+    invstd = _invstd(var, _split_scalar(eps_hi, eps_lo, ACC), ACC)
+    scale = invstd
+    if HAS_W:
+        scale = scale * tl.load(w_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
+    tl.store(stats_ptr + offs_c, mean, mask=m_c)
+    tl.store(stats_ptr + C + offs_c, invstd, mask=m_c)
+    tl.store(stats_ptr + 2 * C + offs_c, scale, mask=m_c)
+    tl.store(stats_ptr + 3 * C + offs_c, var, mask=m_c)
+    if HAS_RUNNING:
+        _update_running(rm_ptr, rv_ptr, offs_c, m_c, mean, var, mom_hi, mom_lo, unb_hi, unb_lo, ACC)
+    return scale
+
+
+@triton.jit
+def bn_forward_stats_kernel(
+    x_ptr,
+    y_ptr,
+    res_ptr,
+    w_ptr,
+    b_ptr,
+    rm_ptr,
+    rv_ptr,
+    stats_ptr,
+    lock_ptr,
+    N,
+    S,
+    C,
+    sxn,
+    sxs,
+    sxc,
+    syn,
+    sys_,
+    syc,
+    srn,
+    srs,
+    src,
+    SB,
+    T,
+    TPP,
+    P,
+    M,
+    eps_hi,
+    eps_lo,
+    mom_hi,
+    mom_lo,
+    unb_hi,
+    unb_lo,
+    BLOCK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    MASK_N: tl.constexpr,
+    MASK_S: tl.constexpr,
+    MASK_C: tl.constexpr,
+    WIDE: tl.constexpr,
+    ONE_S_BLOCK: tl.constexpr,
+    SAME_STRIDES: tl.constexpr,
+    SINGLE: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    HAS_RUNNING: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    RELU: tl.constexpr,
     BLOCK_P: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    """Counts (BLOCK_P,), means (BLOCK_P, BLOCK_C), mask and offsets of the partials from ``p_start`` on."""
-    offs_p = p_start + tl.arange(0, BLOCK_P).to(tl.int64)
-    m_p = offs_p < P
-    if HAS_COUNTS:
-        cnt = tl.load(count_p_ptr + offs_p, mask=m_p, other=0).to(ACC)
+    """Batch statistics of a training forward; with SINGLE also the normalised output.
+
+    Writes ``stats`` (4, C) = (mean, invstd, weight·invstd, biased var) and updates the running statistics
+    in their own dtype. Statistics use the shifted-data algorithm with the shift K = the first element the
+    program reads, per channel: d = x - K, mean = K + Σd/n, M2 = Σd² - (Σd)²/n, so nothing cancels
+    catastrophically when |mean| >> std and a constant channel gives M2 = 0; masked lanes read K itself
+    and add exactly 0. Without SINGLE each program reduces a chunk of TPP tiles into partials
+    (3, P, C) = (mean, M2, count) after ``stats``, and the last program of the channel block merges them
+    (Chan). With SINGLE (T == 1: the channel block's rows are one tile) the program keeps d in registers and
+    writes ``y = act(d·scale + (K - mean)·scale + bias + residual)``, scale = weight·invstd.
+    SAME_STRIDES: y and the residual have x's strides.
+    """
+    pid_c, pid_p, c0, offs_c, m_c = _program(C, BLOCK_C)
+    if SAME_STRIDES:
+        syn = sxn
+        sys_ = sxs
+        syc = sxc
+        srn = sxn
+        srs = sxs
+        src = sxc
+    rel_x = _rel_offsets(sxn, sxs, sxc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+    part_ptr = stats_ptr + 4 * C
+    t0 = pid_p * TPP
+    nb, sb = _tile_start(t0, SB, BLOCK_N, BLOCK_S, WIDE)
+    n0 = nb * BLOCK_N
+    if ONE_S_BLOCK:
+        s0 = nb * 0
     else:
-        cnt = tl.where(m_p, tl.minimum(R - offs_p * ROWS_PER_PARTIAL, ROWS_PER_PARTIAL), 0).to(ACC)
-    mask = m_p[:, None] & m_c[None, :]
-    offs = offs_p[:, None] * C + offs_c[None, :]
-    mp = tl.load(mean_p_ptr + offs, mask=mask, other=0.0).to(ACC)
-    return cnt, mp, mask, offs
+        s0 = sb * BLOCK_S
+    k_x = tl.load(x_ptr + _off(n0, s0, offs_c, sxn, sxs, sxc, WIDE), mask=m_c)
+    k = k_x.to(ACC)
+    k_other = tl.zeros([BLOCK_N * BLOCK_S, BLOCK_C], dtype=x_ptr.dtype.element_ty) + k_x[None, :]
+    if SINGLE:
+        mask = _tile_mask(n0, s0, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C)
+        d = tl.load((x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE)) + rel_x, mask=mask, other=k_other).to(ACC)
+        d = d - k[None, :]
+        sd = _sum_nc(d)
+        sdd = _sum_nc(d * d)
+        inv_m = 1.0 / tl.cast(M, ACC)
+        dm = sd * inv_m
+        mean = k + dm
+        var = _clamp0(sdd * inv_m - dm * dm)
+        scale = _forward_tail(
+            w_ptr,
+            rm_ptr,
+            rv_ptr,
+            stats_ptr,
+            offs_c,
+            m_c,
+            C,
+            mean,
+            var,
+            eps_hi,
+            eps_lo,
+            mom_hi,
+            mom_lo,
+            unb_hi,
+            unb_lo,
+            HAS_W,
+            HAS_RUNNING,
+            ACC,
+        )
+        shift = -dm * scale
+        if HAS_B:
+            shift += tl.load(b_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
+        y = d * scale[None, :] + shift[None, :]
+        if HAS_RES:
+            if SAME_STRIDES:
+                rel_r = rel_x
+            else:
+                rel_r = _rel_offsets(srn, srs, src, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+            y += tl.load((res_ptr + _off(n0, s0, c0, srn, srs, src, WIDE)) + rel_r, mask=mask).to(ACC)
+        if RELU:
+            y = _relu(y)
+        if SAME_STRIDES:
+            rel_y = rel_x
+        else:
+            rel_y = _rel_offsets(syn, sys_, syc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+        tl.store((y_ptr + _off(n0, s0, c0, syn, sys_, syc, WIDE)) + rel_y, y.to(y_ptr.dtype.element_ty), mask=mask)
+    else:
+        t1 = tl.minimum(t0 + TPP, T)
+        acc_d = tl.zeros([BLOCK_N * BLOCK_S, BLOCK_C], dtype=ACC)
+        acc_dd = tl.zeros([BLOCK_N * BLOCK_S, BLOCK_C], dtype=ACC)
+        cnt = (pid_p * 0).to(tl.int64)
+        for _ in range(t0, t1):
+            n0 = nb * BLOCK_N
+            if ONE_S_BLOCK:
+                s0 = nb * 0
+            else:
+                s0 = sb * BLOCK_S
+            mask = _tile_mask(n0, s0, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C)
+            x = tl.load((x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE)) + rel_x, mask=mask, other=k_other)
+            d = x.to(ACC) - k[None, :]
+            acc_d += d
+            acc_dd += d * d
+            cnt += tl.minimum(N - n0, BLOCK_N) * tl.minimum(S - s0, BLOCK_S)
+            if ONE_S_BLOCK:
+                nb += 1
+            else:
+                nb, sb = _next_tile(nb, sb, SB)
+        sd = _sum_nc(acc_d)
+        sdd = _sum_nc(acc_dd)
+        n = cnt.to(ACC)
+        p_out = pid_p.to(tl.int64) * C + offs_c
+        tl.store(part_ptr + p_out, k + sd / n, mask=m_c)
+        tl.store(part_ptr + P * C + p_out, _clamp0(sdd - sd * sd / n), mask=m_c)
+        tl.store(part_ptr + 2 * P * C + p_out, tl.zeros([BLOCK_C], dtype=ACC) + n, mask=m_c)
+        if _last_program(lock_ptr, pid_c, P):
+            mean, var = _merge_partials(part_ptr, offs_c, m_c, P, C, M, BLOCK_P, BLOCK_C, ACC)
+            _forward_tail(
+                w_ptr,
+                rm_ptr,
+                rv_ptr,
+                stats_ptr,
+                offs_c,
+                m_c,
+                C,
+                mean,
+                var,
+                eps_hi,
+                eps_lo,
+                mom_hi,
+                mom_lo,
+                unb_hi,
+                unb_lo,
+                HAS_W,
+                HAS_RUNNING,
+                ACC,
+            )
+            tl.atomic_xchg(lock_ptr + pid_c, 0)
+
+
+@triton.jit
+def bn_forward_apply_kernel(
+    x_ptr,
+    y_ptr,
+    res_ptr,
+    w_ptr,
+    b_ptr,
+    rm_ptr,
+    rv_ptr,
+    stats_ptr,
+    N,
+    S,
+    C,
+    sxn,
+    sxs,
+    sxc,
+    syn,
+    sys_,
+    syc,
+    srn,
+    srs,
+    src,
+    SB,
+    T,
+    TPP,
+    eps_hi,
+    eps_lo,
+    BLOCK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    MASK_N: tl.constexpr,
+    MASK_S: tl.constexpr,
+    MASK_C: tl.constexpr,
+    WIDE: tl.constexpr,
+    ONE_S_BLOCK: tl.constexpr,
+    SAME_STRIDES: tl.constexpr,
+    EVAL: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    RELU: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """``y = act((x - mean)·scale + bias + residual)`` over a chunk of TPP tiles per program, where
+    scale = weight·invstd (centred first: no cancellation for channels whose |mean| >> std).
+
+    Training: mean and scale come from ``stats`` (written by the statistics kernel). EVAL: from the running
+    statistics, ``invstd = 1 / sqrt(running_var + eps)``, and the programs of the first chunk write
+    ``stats`` (mean, invstd, scale, running var) for the backward.
+    """
+    pid_c, pid_p, c0, offs_c, m_c = _program(C, BLOCK_C)
+    if SAME_STRIDES:
+        syn = sxn
+        sys_ = sxs
+        syc = sxc
+        srn = sxn
+        srs = sxs
+        src = sxc
+    if EVAL:
+        mean = tl.load(rm_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
+        var = tl.load(rv_ptr + offs_c, mask=m_c, other=1.0).to(ACC)
+        invstd = _invstd(var, _split_scalar(eps_hi, eps_lo, ACC), ACC)
+        scale = invstd
+        if HAS_W:
+            scale = scale * tl.load(w_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
+        if pid_p == 0:
+            tl.store(stats_ptr + offs_c, mean, mask=m_c)
+            tl.store(stats_ptr + C + offs_c, invstd, mask=m_c)
+            tl.store(stats_ptr + 2 * C + offs_c, scale, mask=m_c)
+            tl.store(stats_ptr + 3 * C + offs_c, var, mask=m_c)
+    else:
+        mean = tl.load(stats_ptr + offs_c, mask=m_c, other=0.0)
+        scale = tl.load(stats_ptr + 2 * C + offs_c, mask=m_c, other=0.0)
+    if HAS_B:
+        bias = tl.load(b_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
+    else:
+        bias = mean * 0.0
+    rel_x = _rel_offsets(sxn, sxs, sxc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+    if SAME_STRIDES:
+        rel_y = rel_x
+        rel_r = rel_x
+    else:
+        rel_y = _rel_offsets(syn, sys_, syc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+        rel_r = _rel_offsets(srn, srs, src, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+    t0 = pid_p * TPP
+    t1 = tl.minimum(t0 + TPP, T)
+    nb, sb = _tile_start(t0, SB, BLOCK_N, BLOCK_S, WIDE)
+    for _ in range(t0, t1):
+        n0 = nb * BLOCK_N
+        if ONE_S_BLOCK:
+            s0 = nb * 0
+        else:
+            s0 = sb * BLOCK_S
+        mask = _tile_mask(n0, s0, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C)
+        x = tl.load((x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE)) + rel_x, mask=mask).to(ACC)
+        y = (x - mean[None, :]) * scale[None, :] + bias[None, :]
+        if HAS_RES:
+            y += tl.load((res_ptr + _off(n0, s0, c0, srn, srs, src, WIDE)) + rel_r, mask=mask).to(ACC)
+        if RELU:
+            y = _relu(y)
+        tl.store((y_ptr + _off(n0, s0, c0, syn, sys_, syc, WIDE)) + rel_y, y.to(y_ptr.dtype.element_ty), mask=mask)
+        if ONE_S_BLOCK:
+            nb += 1
+        else:
+            nb, sb = _next_tile(nb, sb, SB)
+
+
+# --------------------------------------------------------------------------------------------- backward
+
+
+@triton.jit
+def bn_backward_reduce_kernel(
+    dy_ptr,
+    x_ptr,
+    y_ptr,
+    dx_ptr,
+    dres_ptr,
+    w_ptr,
+    stats_ptr,
+    dw_ptr,
+    db_ptr,
+    coef_ptr,
+    lock_ptr,
+    N,
+    S,
+    C,
+    sgn,
+    sgs,
+    sgc,
+    sxn,
+    sxs,
+    sxc,
+    syn,
+    sys_,
+    syc,
+    sdn,
+    sds,
+    sdc,
+    SB,
+    T,
+    TPP,
+    P,
+    M,
+    BLOCK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    MASK_N: tl.constexpr,
+    MASK_S: tl.constexpr,
+    MASK_C: tl.constexpr,
+    WIDE: tl.constexpr,
+    ONE_S_BLOCK: tl.constexpr,
+    SAME_STRIDES: tl.constexpr,
+    SINGLE: tl.constexpr,
+    STATS_GRAD: tl.constexpr,
+    GATE: tl.constexpr,
+    WRITE_DX: tl.constexpr,
+    WRITE_DRES: tl.constexpr,
+    NEED_XMU: tl.constexpr,
+    HAS_W: tl.constexpr,
+    NEED_DW: tl.constexpr,
+    NEED_DB: tl.constexpr,
+    WRITE_COEF: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """Σg and Σg·(x - mean) per channel, g = dy (times [y > 0] with GATE, a fused ReLU's mask).
+
+    The last program of each channel block (or the only one, SINGLE) writes dweight = invstd·Σg·(x - mean)
+    and dbias = Σg in their dtypes, and ``coef`` (5, C) = (scale, beta, gamma, Σg, Σg·(x - mean)) with
+    scale = weight·invstd and, when the statistics depend on x (STATS_GRAD),
+    beta = -scale·invstd²·Σg·(x - mean)/M, gamma = -scale·Σg/M, so that dx = scale·g + beta·(x - mean) +
+    gamma (the batch-norm input gradient, as torch's batch_norm_backward). Partial sums (2, P, C) follow
+    ``coef``. WRITE_DX writes dx in this pass: with SINGLE from the registers, otherwise (constant
+    statistics) dx = scale·g. WRITE_DRES writes g, the residual's gradient of a fused add + ReLU. dx and dres
+    share the strides of ``dx``; SAME_STRIDES: every tensor has dy's strides.
+    """
+    pid_c, pid_p, c0, offs_c, m_c = _program(C, BLOCK_C)
+    if SAME_STRIDES:
+        sxn = sgn
+        sxs = sgs
+        sxc = sgc
+        syn = sgn
+        sys_ = sgs
+        syc = sgc
+        sdn = sgn
+        sds = sgs
+        sdc = sgc
+    mean = tl.load(stats_ptr + offs_c, mask=m_c, other=0.0)
+    invstd = tl.load(stats_ptr + C + offs_c, mask=m_c, other=0.0)
+    scale = invstd
+    if HAS_W:
+        scale = scale * tl.load(w_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
+    rel_g = _rel_offsets(sgn, sgs, sgc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+    if SAME_STRIDES:
+        rel_x = rel_g
+        rel_y = rel_g
+        rel_d = rel_g
+    else:
+        rel_x = _rel_offsets(sxn, sxs, sxc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+        rel_y = _rel_offsets(syn, sys_, syc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+        rel_d = _rel_offsets(sdn, sds, sdc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+    t0 = pid_p * TPP
+    nb, sb = _tile_start(t0, SB, BLOCK_N, BLOCK_S, WIDE)
+    if SINGLE:
+        n0 = nb * BLOCK_N
+        s0 = nb * 0
+        mask = _tile_mask(n0, s0, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C)
+        g = tl.load((dy_ptr + _off(n0, s0, c0, sgn, sgs, sgc, WIDE)) + rel_g, mask=mask, other=0.0).to(ACC)
+        if GATE:
+            gate = tl.load((y_ptr + _off(n0, s0, c0, syn, sys_, syc, WIDE)) + rel_y, mask=mask)
+            g = tl.where(gate > 0, g, 0.0)
+        if WRITE_DRES:
+            tl.store(
+                (dres_ptr + _off(n0, s0, c0, sdn, sds, sdc, WIDE)) + rel_d, g.to(dres_ptr.dtype.element_ty), mask=mask
+            )
+        sum_g = _sum_nc(g)
+        if NEED_XMU:
+            # masked lanes: g = 0, so x - mean (finite) adds nothing
+            x = tl.load((x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE)) + rel_x, mask=mask, other=0.0).to(ACC)
+            xm = x - mean[None, :]
+            sum_gx = _sum_nc(g * xm)
+        else:
+            sum_gx = tl.zeros([BLOCK_C], dtype=ACC)
+        beta, gamma = _backward_tail(
+            dw_ptr,
+            db_ptr,
+            coef_ptr,
+            offs_c,
+            m_c,
+            C,
+            M,
+            scale,
+            invstd,
+            sum_g,
+            sum_gx,
+            STATS_GRAD,
+            NEED_DW,
+            NEED_DB,
+            WRITE_COEF,
+        )
+        if WRITE_DX:
+            if STATS_GRAD:
+                dx = (g * scale[None, :] + gamma[None, :]) + xm * beta[None, :]
+            else:
+                dx = g * scale[None, :]
+            tl.store(
+                (dx_ptr + _off(n0, s0, c0, sdn, sds, sdc, WIDE)) + rel_d, dx.to(dx_ptr.dtype.element_ty), mask=mask
+            )
+    else:
+        acc_g = tl.zeros([BLOCK_N * BLOCK_S, BLOCK_C], dtype=ACC)
+        acc_gx = tl.zeros([BLOCK_N * BLOCK_S, BLOCK_C], dtype=ACC)
+        t1 = tl.minimum(t0 + TPP, T)
+        for _ in range(t0, t1):
+            n0 = nb * BLOCK_N
+            if ONE_S_BLOCK:
+                s0 = nb * 0
+            else:
+                s0 = sb * BLOCK_S
+            mask = _tile_mask(n0, s0, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C)
+            g = tl.load((dy_ptr + _off(n0, s0, c0, sgn, sgs, sgc, WIDE)) + rel_g, mask=mask, other=0.0).to(ACC)
+            if GATE:
+                gate = tl.load((y_ptr + _off(n0, s0, c0, syn, sys_, syc, WIDE)) + rel_y, mask=mask)
+                g = tl.where(gate > 0, g, 0.0)
+            acc_g += g
+            if NEED_XMU:
+                x = tl.load((x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE)) + rel_x, mask=mask, other=0.0).to(ACC)
+                acc_gx += g * (x - mean[None, :])  # g is 0 on masked lanes
+            if WRITE_DX:
+                dx = g * scale[None, :]
+                tl.store(
+                    (dx_ptr + _off(n0, s0, c0, sdn, sds, sdc, WIDE)) + rel_d, dx.to(dx_ptr.dtype.element_ty), mask=mask
+                )
+            if WRITE_DRES:
+                tl.store(
+                    (dres_ptr + _off(n0, s0, c0, sdn, sds, sdc, WIDE)) + rel_d,
+                    g.to(dres_ptr.dtype.element_ty),
+                    mask=mask,
+                )
+            if ONE_S_BLOCK:
+                nb += 1
+            else:
+                nb, sb = _next_tile(nb, sb, SB)
+        part_ptr = coef_ptr + 5 * C
+        p_out = pid_p.to(tl.int64) * C + offs_c
+        tl.store(part_ptr + p_out, _sum_nc(acc_g), mask=m_c)
+        tl.store(part_ptr + P * C + p_out, _sum_nc(acc_gx), mask=m_c)
+        if _last_program(lock_ptr, pid_c, P):
+            sum_g = _sum_partials(part_ptr, offs_c, m_c, P, C, BLOCK_P, BLOCK_C, ACC)
+            sum_gx = _sum_partials(part_ptr + P * C, offs_c, m_c, P, C, BLOCK_P, BLOCK_C, ACC)
+            _backward_tail(
+                dw_ptr,
+                db_ptr,
+                coef_ptr,
+                offs_c,
+                m_c,
+                C,
+                M,
+                scale,
+                invstd,
+                sum_g,
+                sum_gx,
+                STATS_GRAD,
+                NEED_DW,
+                NEED_DB,
+                WRITE_COEF,
+            )
+            tl.atomic_xchg(lock_ptr + pid_c, 0)
+
+
+@_device
+def _backward_tail(
+    dw_ptr,
+    db_ptr,
+    coef_ptr,
+    offs_c,
+    m_c,
+    C,
+    M,
+    scale,
+    invstd,
+    sum_g,
+    sum_gx,
+    STATS_GRAD: tl.constexpr,
+    NEED_DW: tl.constexpr,
+    NEED_DB: tl.constexpr,
+    WRITE_COEF: tl.constexpr,
+):
+    """dweight, dbias and the dx coefficients (scale, beta, gamma, Σg, Σg·(x - mean)) from the channel sums;
+    the coefficients are stored only with WRITE_COEF (a dx pass or the caller reads them)."""
+    if NEED_DW:
+        tl.store(dw_ptr + offs_c, (sum_gx * invstd).to(dw_ptr.dtype.element_ty), mask=m_c)
+    if NEED_DB:
+        tl.store(db_ptr + offs_c, sum_g.to(db_ptr.dtype.element_ty), mask=m_c)
+    if STATS_GRAD:
+        inv_m = 1.0 / tl.cast(M, scale.dtype)
+        beta = -scale * invstd * invstd * sum_gx * inv_m
+        gamma = -scale * sum_g * inv_m
+    else:
+        beta = scale * 0.0
+        gamma = scale * 0.0
+    if WRITE_COEF:
+        tl.store(coef_ptr + offs_c, scale, mask=m_c)
+        tl.store(coef_ptr + C + offs_c, beta, mask=m_c)
+        tl.store(coef_ptr + 2 * C + offs_c, gamma, mask=m_c)
+        tl.store(coef_ptr + 3 * C + offs_c, sum_g, mask=m_c)
+        tl.store(coef_ptr + 4 * C + offs_c, sum_gx, mask=m_c)
+    return beta, gamma
+
+
+@triton.jit
+def bn_backward_dx_kernel(
+    dy_ptr,
+    x_ptr,
+    y_ptr,
+    dx_ptr,
+    dres_ptr,
+    w_ptr,
+    stats_ptr,
+    coef_ptr,
+    N,
+    S,
+    C,
+    sgn,
+    sgs,
+    sgc,
+    sxn,
+    sxs,
+    sxc,
+    syn,
+    sys_,
+    syc,
+    sdn,
+    sds,
+    sdc,
+    SB,
+    T,
+    TPP,
+    BLOCK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    MASK_N: tl.constexpr,
+    MASK_S: tl.constexpr,
+    MASK_C: tl.constexpr,
+    WIDE: tl.constexpr,
+    ONE_S_BLOCK: tl.constexpr,
+    SAME_STRIDES: tl.constexpr,
+    STATS_GRAD: tl.constexpr,
+    GATE: tl.constexpr,
+    WRITE_DX: tl.constexpr,
+    WRITE_DRES: tl.constexpr,
+    HAS_W: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """dx = scale·g + beta·(x - mean) + gamma over a chunk of TPP tiles, g = dy (·[y > 0] with GATE).
+
+    With STATS_GRAD the coefficients come from ``coef`` (written by the reduction kernel); otherwise
+    dx = weight·invstd·g from ``stats`` directly (eval, detached statistics: no reduction pass needed).
+    WRITE_DRES also writes g, a fused add + ReLU's residual gradient (with the strides of dx).
+    """
+    pid_c, pid_p, c0, offs_c, m_c = _program(C, BLOCK_C)
+    if SAME_STRIDES:
+        sxn = sgn
+        sxs = sgs
+        sxc = sgc
+        syn = sgn
+        sys_ = sgs
+        syc = sgc
+        sdn = sgn
+        sds = sgs
+        sdc = sgc
+    if STATS_GRAD:
+        scale = tl.load(coef_ptr + offs_c, mask=m_c, other=0.0)
+        beta = tl.load(coef_ptr + C + offs_c, mask=m_c, other=0.0)
+        gamma = tl.load(coef_ptr + 2 * C + offs_c, mask=m_c, other=0.0)
+        mean = tl.load(stats_ptr + offs_c, mask=m_c, other=0.0)
+    else:
+        scale = tl.load(stats_ptr + C + offs_c, mask=m_c, other=0.0)
+        if HAS_W:
+            scale = scale * tl.load(w_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
+    rel_g = _rel_offsets(sgn, sgs, sgc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+    if SAME_STRIDES:
+        rel_x = rel_g
+        rel_y = rel_g
+        rel_d = rel_g
+    else:
+        rel_x = _rel_offsets(sxn, sxs, sxc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+        rel_y = _rel_offsets(syn, sys_, syc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+        rel_d = _rel_offsets(sdn, sds, sdc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+    t0 = pid_p * TPP
+    t1 = tl.minimum(t0 + TPP, T)
+    nb, sb = _tile_start(t0, SB, BLOCK_N, BLOCK_S, WIDE)
+    for _ in range(t0, t1):
+        n0 = nb * BLOCK_N
+        if ONE_S_BLOCK:
+            s0 = nb * 0
+        else:
+            s0 = sb * BLOCK_S
+        mask = _tile_mask(n0, s0, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C)
+        g = tl.load((dy_ptr + _off(n0, s0, c0, sgn, sgs, sgc, WIDE)) + rel_g, mask=mask).to(ACC)
+        if GATE:
+            gate = tl.load((y_ptr + _off(n0, s0, c0, syn, sys_, syc, WIDE)) + rel_y, mask=mask)
+            g = tl.where(gate > 0, g, 0.0)
+        if WRITE_DX:
+            dx = g * scale[None, :]
+            if STATS_GRAD:
+                x = tl.load((x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE)) + rel_x, mask=mask).to(ACC)
+                dx = (dx + gamma[None, :]) + (x - mean[None, :]) * beta[None, :]
+            tl.store(
+                (dx_ptr + _off(n0, s0, c0, sdn, sds, sdc, WIDE)) + rel_d, dx.to(dx_ptr.dtype.element_ty), mask=mask
+            )
+        if WRITE_DRES:
+            tl.store(
+                (dres_ptr + _off(n0, s0, c0, sdn, sds, sdc, WIDE)) + rel_d, g.to(dres_ptr.dtype.element_ty), mask=mask
+            )
+        if ONE_S_BLOCK:
+            nb += 1
+        else:
+            nb, sb = _next_tile(nb, sb, SB)
+
+
+# ------------------------------------------------------------------------------------ generic primitives
 
 
 @triton.jit
@@ -153,43 +954,76 @@ def stats_merge_kernel(
     P,
     R,
     C,
-    HAS_COUNTS: tl.constexpr,
-    ROWS_PER_PARTIAL: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    """Merge the P partials of each channel with Chan's parallel formula.
+    """Merge P (mean, M2, count) partials per channel with Chan's parallel formula (some counts may be 0).
 
-    mean = m_0 + Σ n_p (m_p - m_0) / R   (shifted by the first partial's mean)
+    mean = m_0 + Σ n_p (m_p - m_0) / R   (m_0 = the first partial's mean; put a non-empty partial first)
     M2   = Σ M2_p + Σ n_p (m_p - mean)²
-    and write the mean and the biased variance M2 / R.
-
-    Partial p covers ``count_p[p]`` elements when HAS_COUNTS (e.g. one partial per rank, some possibly
-    empty), else ROWS_PER_PARTIAL (the last one the remainder of R).
+    Writes the mean and the biased variance M2 / R. Used to merge the statistics of a process group's ranks.
     """
-    pid_c = tl.program_id(0).to(tl.int64)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
+    pid_c = tl.program_id(0)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     m_c = offs_c < C
     m0 = tl.load(mean_p_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
     acc = tl.zeros([BLOCK_C], dtype=ACC)
-    for p_start in range(0, P, BLOCK_P):
-        cnt, mp, mask, _ = _partial_block(
-            mean_p_ptr, count_p_ptr, p_start, offs_c, m_c, P, R, C, HAS_COUNTS, ROWS_PER_PARTIAL, BLOCK_P, ACC
-        )
+    for p0 in range(0, P, BLOCK_P):
+        offs_p = p0 + tl.arange(0, BLOCK_P)
+        m_p = offs_p < P
+        mask = m_p[:, None] & m_c[None, :]
+        offs = offs_p.to(tl.int64)[:, None] * C + offs_c[None, :]
+        cnt = tl.load(count_p_ptr + offs_p, mask=m_p, other=0).to(ACC)
+        mp = tl.load(mean_p_ptr + offs, mask=mask, other=0.0).to(ACC)
         acc += tl.sum(tl.where(mask, cnt[:, None] * (mp - m0[None, :]), 0.0), axis=0)
     mean = m0 + acc / R
     m2 = tl.zeros([BLOCK_C], dtype=ACC)
-    for p_start in range(0, P, BLOCK_P):
-        cnt, mp, mask, offs = _partial_block(
-            mean_p_ptr, count_p_ptr, p_start, offs_c, m_c, P, R, C, HAS_COUNTS, ROWS_PER_PARTIAL, BLOCK_P, ACC
-        )
+    for p0 in range(0, P, BLOCK_P):
+        offs_p = p0 + tl.arange(0, BLOCK_P)
+        m_p = offs_p < P
+        mask = m_p[:, None] & m_c[None, :]
+        offs = offs_p.to(tl.int64)[:, None] * C + offs_c[None, :]
+        cnt = tl.load(count_p_ptr + offs_p, mask=m_p, other=0).to(ACC)
+        mp = tl.load(mean_p_ptr + offs, mask=mask, other=0.0).to(ACC)
         m2p = tl.load(m2_p_ptr + offs, mask=mask, other=0.0).to(ACC)
         dm = mp - mean[None, :]
         m2 += tl.sum(tl.where(mask, m2p + cnt[:, None] * dm * dm, 0.0), axis=0)
-    var = m2 / R
     tl.store(mean_ptr + offs_c, mean, mask=m_c)
-    tl.store(var_ptr + offs_c, var, mask=m_c)
+    tl.store(var_ptr + offs_c, m2 / R, mask=m_c)
+
+
+@_device
+def _tile_of_program(
+    N, S, C, SB, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, WIDE: tl.constexpr
+):
+    """(tile index, n0, s0, c0) of a one-tile-per-program grid (channel blocks fastest)."""
+    CB = tl.cdiv(C, BLOCK_C)
+    pid = tl.program_id(0)
+    pid_c = pid % CB
+    t = pid // CB
+    nb, sb = _tile_start(t, SB, BLOCK_N, BLOCK_S, WIDE)
+    return t, nb * BLOCK_N, sb * BLOCK_S, pid_c * BLOCK_C
+
+
+@_device
+def _load_tile(
+    ptr,
+    n0,
+    s0,
+    c0,
+    mask,
+    sn,
+    ss,
+    sc,
+    BLOCK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    WIDE: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    rel = _rel_offsets(sn, ss, sc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+    return tl.load((ptr + _off(n0, s0, c0, sn, ss, sc, WIDE)) + rel, mask=mask, other=0.0).to(ACC)
 
 
 @triton.jit
@@ -201,46 +1035,66 @@ def channel_sums_kernel(
     sum_u_p_ptr,
     sum_uv_p_ptr,
     gate_ptr,
-    R,
-    C,
+    N,
     S,
-    stride_un,
-    stride_uc,
-    stride_us,
-    stride_vn,
-    stride_vc,
-    stride_vs,
-    stride_gn,
-    stride_gc,
-    stride_gs,
+    C,
+    SB,
+    sun,
+    sus,
+    suc,
+    svn,
+    svs,
+    svc,
+    sgn,
+    sgs,
+    sgc,
     HAS_GATE: tl.constexpr,
     HAS_MU_U: tl.constexpr,
     HAS_V: tl.constexpr,
     HAS_MU_V: tl.constexpr,
     WANT_SUM_U: tl.constexpr,
-    BLOCK_R: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    MASK_N: tl.constexpr,
+    MASK_S: tl.constexpr,
+    MASK_C: tl.constexpr,
+    WIDE: tl.constexpr,
+    ONE_S_BLOCK: tl.constexpr,
+    SAME_STRIDES: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    """Per (row-block, channel) partial sums Σ a and Σ a·b with a = u - mu_u and b = v - mu_v.
+    """Per (tile, channel) partial sums Σ a and Σ a·b with a = u - mu_u and b = v - mu_v (one tile each).
 
-    With HAS_GATE, ``a`` is zeroed where ``gate <= 0``: the ReLU mask of a fused batch norm + ReLU, so the
-    backward reduces dy·[y > 0] without materialising it.
-
-    The batch-norm backward's reductions are Σ dy and Σ dy·(x - mean) (= Σ dy·x̂ / invstd); centring
-    ``x`` on the channel mean before multiplying keeps Σ dy·x̂ accurate for channels with a large mean.
+    With HAS_GATE, ``a`` is zeroed where ``gate <= 0`` (a ReLU's mask). Centring on the channel mean before
+    multiplying keeps Σ dy·(x - mean) accurate for channels with a large mean. SAME_STRIDES: v and gate
+    have u's strides (ONE_S_BLOCK is accepted for a uniform launch interface).
     """
-    pid_r, offs_r, offs_c, m_r, m_c, n, s = _tile(R, C, S, BLOCK_R, BLOCK_C)
-    mask = m_r[:, None] & m_c[None, :]
-    a = _centered(u_ptr, mu_u_ptr, n, s, offs_c, mask, m_c, stride_un, stride_uc, stride_us, HAS_MU_U, ACC)
+    if SAME_STRIDES:
+        svn = sun
+        svs = sus
+        svc = suc
+        sgn = sun
+        sgs = sus
+        sgc = suc
+    t, n0, s0, c0 = _tile_of_program(N, S, C, SB, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+    offs_c = c0 + tl.arange(0, BLOCK_C)
+    m_c = offs_c < C
+    mask = _tile_mask(n0, s0, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C)
+    a = _load_tile(u_ptr, n0, s0, c0, mask, sun, sus, suc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE, ACC)
+    if HAS_MU_U:
+        a = tl.where(mask, a - tl.load(mu_u_ptr + offs_c, mask=m_c, other=0.0).to(ACC)[None, :], 0.0)
     if HAS_GATE:
-        a = _gated(a, gate_ptr, n, s, offs_c, mask, stride_gn, stride_gc, stride_gs)
-    p_out = pid_r * C + offs_c
+        gate = _load_tile(gate_ptr, n0, s0, c0, mask, sgn, sgs, sgc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE, ACC)
+        a = tl.where(gate > 0, a, 0.0)
+    p_out = t.to(tl.int64) * C + offs_c
     if WANT_SUM_U:
-        tl.store(sum_u_p_ptr + p_out, tl.sum(a, axis=0), mask=m_c)
+        tl.store(sum_u_p_ptr + p_out, _sum_nc(a), mask=m_c)
     if HAS_V:
-        b = _centered(v_ptr, mu_v_ptr, n, s, offs_c, mask, m_c, stride_vn, stride_vc, stride_vs, HAS_MU_V, ACC)
-        tl.store(sum_uv_p_ptr + p_out, tl.sum(a * b, axis=0), mask=m_c)
+        b = _load_tile(v_ptr, n0, s0, c0, mask, svn, svs, svc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE, ACC)
+        if HAS_MU_V:
+            b = tl.where(mask, b - tl.load(mu_v_ptr + offs_c, mask=m_c, other=0.0).to(ACC)[None, :], 0.0)
+        tl.store(sum_uv_p_ptr + p_out, _sum_nc(a * b), mask=m_c)
 
 
 @triton.jit
@@ -254,21 +1108,22 @@ def channel_affine_kernel(
     a2_ptr,
     g_ptr,
     gate_ptr,
-    R,
-    C,
+    N,
     S,
-    stride_on,
-    stride_oc,
-    stride_os,
-    stride_1n,
-    stride_1c,
-    stride_1s,
-    stride_2n,
-    stride_2c,
-    stride_2s,
-    stride_gn,
-    stride_gc,
-    stride_gs,
+    C,
+    SB,
+    son,
+    sos,
+    soc,
+    s1n,
+    s1s,
+    s1c,
+    s2n,
+    s2s,
+    s2c,
+    sgn,
+    sgs,
+    sgc,
     GATE: tl.constexpr,
     RELU: tl.constexpr,
     HAS_T1: tl.constexpr,
@@ -276,37 +1131,58 @@ def channel_affine_kernel(
     HAS_T2: tl.constexpr,
     HAS_MU2: tl.constexpr,
     HAS_G: tl.constexpr,
-    BLOCK_R: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    MASK_N: tl.constexpr,
+    MASK_S: tl.constexpr,
+    MASK_C: tl.constexpr,
+    WIDE: tl.constexpr,
+    ONE_S_BLOCK: tl.constexpr,
+    SAME_STRIDES: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    """out = a1[c]·(t1 - mu1[c]) + a2[c]·(t2 - mu2[c]) + g[c], every term optional.
+    """out = a1[c]·(t1 - mu1[c]) + a2[c]·(t2 - mu2[c]) + g[c], every term optional (one tile per program).
 
-    Covers the normalisation y = (x - mean)·(weight·invstd) + bias (train and eval), the input gradient
-    dx = (weight·invstd)·dy + β·(x - mean) + γ, and every per-channel combination the higher-order
-    gradients need. Fused activations: ``t2`` with ``a2 = 1`` adds a residual, RELU clamps the result at
-    0, and ``gate`` masks by [gate > 0] either ``t1`` (GATE == 1: dy·[y > 0] in a fused ReLU's backward)
-    or the whole output (GATE == 2: ReLU's derivative as a differentiable primitive).
+    Fused activations: RELU clamps the result at 0 (keeping NaN), and ``gate`` masks by [gate > 0] either
+    ``t1`` (GATE == 1) or the whole output (GATE == 2: ReLU's derivative as a differentiable primitive).
+    SAME_STRIDES: every operand has the output's strides.
     """
-    pid_r, offs_r, offs_c, m_r, m_c, n, s = _tile(R, C, S, BLOCK_R, BLOCK_C)
-    mask = m_r[:, None] & m_c[None, :]
-    out = tl.zeros([BLOCK_R, BLOCK_C], dtype=ACC)
+    if SAME_STRIDES:
+        s1n = son
+        s1s = sos
+        s1c = soc
+        s2n = son
+        s2s = sos
+        s2c = soc
+        sgn = son
+        sgs = sos
+        sgc = soc
+    t, n0, s0, c0 = _tile_of_program(N, S, C, SB, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+    offs_c = c0 + tl.arange(0, BLOCK_C)
+    m_c = offs_c < C
+    mask = _tile_mask(n0, s0, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C)
+    out = tl.zeros([BLOCK_N * BLOCK_S, BLOCK_C], dtype=ACC)
+    if GATE != 0:
+        gate = _load_tile(gate_ptr, n0, s0, c0, mask, sgn, sgs, sgc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE, ACC)
     if HAS_T1:
-        t1 = _centered(t1_ptr, mu1_ptr, n, s, offs_c, mask, m_c, stride_1n, stride_1c, stride_1s, HAS_MU1, ACC)
+        t1 = _load_tile(t1_ptr, n0, s0, c0, mask, s1n, s1s, s1c, BLOCK_N, BLOCK_S, BLOCK_C, WIDE, ACC)
+        if HAS_MU1:
+            t1 = t1 - tl.load(mu1_ptr + offs_c, mask=m_c, other=0.0).to(ACC)[None, :]
         if GATE == 1:
-            t1 = _gated(t1, gate_ptr, n, s, offs_c, mask, stride_gn, stride_gc, stride_gs)
-        a1 = tl.load(a1_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
-        out += t1 * a1[None, :]
+            t1 = tl.where(gate > 0, t1, 0.0)
+        out += t1 * tl.load(a1_ptr + offs_c, mask=m_c, other=0.0).to(ACC)[None, :]
     if HAS_T2:
-        t2 = _centered(t2_ptr, mu2_ptr, n, s, offs_c, mask, m_c, stride_2n, stride_2c, stride_2s, HAS_MU2, ACC)
-        a2 = tl.load(a2_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
-        out += t2 * a2[None, :]
+        t2 = _load_tile(t2_ptr, n0, s0, c0, mask, s2n, s2s, s2c, BLOCK_N, BLOCK_S, BLOCK_C, WIDE, ACC)
+        if HAS_MU2:
+            t2 = t2 - tl.load(mu2_ptr + offs_c, mask=m_c, other=0.0).to(ACC)[None, :]
+        out += t2 * tl.load(a2_ptr + offs_c, mask=m_c, other=0.0).to(ACC)[None, :]
     if HAS_G:
-        g = tl.load(g_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
-        out += g[None, :]
+        out += tl.load(g_ptr + offs_c, mask=m_c, other=0.0).to(ACC)[None, :]
     if RELU:
-        out = tl.maximum(out, 0.0)
+        out = _relu(out)
     if GATE == 2:
-        out = _gated(out, gate_ptr, n, s, offs_c, mask, stride_gn, stride_gc, stride_gs)
-    p_out = out_ptr + (n * stride_on + s * stride_os)[:, None] + (offs_c * stride_oc)[None, :]
+        out = tl.where(gate > 0, out, 0.0)
+    rel = _rel_offsets(son, sos, soc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+    p_out = (out_ptr + _off(n0, s0, c0, son, sos, soc, WIDE)) + rel
     tl.store(p_out, out.to(out_ptr.dtype.element_ty), mask=mask)

@@ -1,0 +1,254 @@
+"""The launcher's paths on both sides of every threshold, and the launches each pass makes.
+
+Every tile-policy threshold switches the kernels onto different code: one tile per channel block (one
+launch) or many; one chunk per channel block or many (a merge by the last program); one tile per program
+or a loop over several; a ragged last chunk; masks on each axis; one position block or several; shared or
+separate strides; a merge that loops over its partials. Each is checked against the float64 reference
+written from the formulas (forward, running statistics, backward, fused add + ReLU), on both sides.
+
+Launch counts are deterministic, so they are asserted exactly: kernels stubbed, ATen operators counted with
+a dispatch mode (``tritonbn.bench.host``), which needs neither a GPU nor the interpreter.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import assert_close, make_input, reference_grads
+
+import tritonbn
+from tritonbn import launch, reference
+from tritonbn.bench.host import count_launches
+
+# (tile elements, one-tile limit, programs aimed at, merge step): the policies a test runs under
+POLICIES = {
+    "one-tile": dict(tile=2048, single=1 << 20, programs=64),
+    "many-chunks": dict(tile=8, single=0, programs=1 << 20),
+    "chunk-loops": dict(tile=8, single=0, programs=2),
+    "ragged-chunks": dict(tile=8, single=0, programs=3),
+    "merge-loops": dict(tile=4, single=0, programs=1 << 20, merge_block=2),
+}
+
+SHAPES = {
+    # NCHW with a spatial size that is not a power of two (masks on S), and one that is
+    "nchw-odd": ((5, 3, 3, 5), "contiguous"),
+    "nchw-pow2": ((4, 3, 4, 4), "contiguous"),
+    # channels_last with C not a power of two (masks on C)
+    "nhwc": ((3, 5, 3, 3), "channels_last"),
+    # (N, C): rows are the samples
+    "2d": ((37, 6), "contiguous"),
+    # a strided view (every other sample): N and S cannot fold, sample blocks of their own
+    "strided": ((3, 4, 2, 3), "strided"),
+    "3d": ((2, 3, 2, 3, 3), "contiguous"),
+}
+
+
+def _check_pass(device, dtype, shape, layout, relu_add=False):
+    x = make_input(shape, dtype, device, layout, mean=3.0, std=2.0).requires_grad_()
+    C = shape[1]
+    pdtype = torch.float64 if dtype == torch.float64 else torch.float32
+    w = (torch.rand(C, dtype=pdtype, device=device) + 0.5).requires_grad_()
+    b = torch.randn(C, dtype=pdtype, device=device).requires_grad_()
+    rm, rv = torch.randn(C, dtype=pdtype, device=device), torch.rand(C, dtype=pdtype, device=device) + 0.5
+    rm0, rv0 = rm.clone(), rv.clone()
+    res = make_input(shape, dtype, device, "contiguous").requires_grad_() if relu_add else None
+    if relu_add:
+        y = tritonbn.batch_norm_relu(x, rm, rv, w, b, training=True, momentum=0.3, residual=res)
+    else:
+        y = tritonbn.batch_norm(x, rm, rv, w, b, training=True, momentum=0.3)
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
+    rm64, rv64 = rm0.double(), rv0.double()
+    y64 = reference.batch_norm(x64, None, None, w64, b64, training=True)
+    mean, var, count = reference.batch_norm_stats(x64.detach())
+    rm64, rv64 = reference.running_stats_update(rm64, rv64, mean, var, count, 0.3)
+    r64 = None
+    if relu_add:
+        r64 = res.detach().double().requires_grad_()
+        y64 = torch.relu(y64 + r64)
+    assert_close(y, y64, dtype, "y")
+    assert_close(rm, rm64, dtype, "running_mean")
+    assert_close(rv, rv64, dtype, "running_var")
+    dy = torch.randn_like(y)
+    inputs = [x, w, b] + ([res] if relu_add else [])
+    got = torch.autograd.grad(y, inputs, dy)
+    want = torch.autograd.grad(y64, [x64, w64, b64] + ([r64] if relu_add else []), dy.double())
+    for g, r, q in zip(got, want, ["dx", "dweight", "dbias", "dx"], strict=False):
+        assert_close(g, r, dtype, q, q)
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+@pytest.mark.parametrize("shape_name", list(SHAPES))
+def test_train_paths_match_reference(kernels, tile_policy, policy, shape_name):
+    tile_policy(**POLICIES[policy])
+    shape, layout = SHAPES[shape_name]
+    _check_pass(kernels, torch.float32, shape, layout)
+
+
+@pytest.mark.parametrize("policy", ["one-tile", "many-chunks", "ragged-chunks"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
+def test_train_paths_other_dtypes(kernels, tile_policy, policy, dtype):
+    tile_policy(**POLICIES[policy])
+    _check_pass(kernels, dtype, (4, 3, 3, 3), "channels_last")
+    _check_pass(kernels, dtype, (3, 2, 5), "contiguous")
+
+
+@pytest.mark.parametrize("policy", ["one-tile", "many-chunks", "chunk-loops"])
+@pytest.mark.parametrize("shape_name", ["nchw-odd", "nhwc", "strided"])
+def test_fused_add_relu_paths(kernels, tile_policy, policy, shape_name):
+    tile_policy(**POLICIES[policy])
+    shape, layout = SHAPES[shape_name]
+    _check_pass(kernels, torch.float32, shape, layout, relu_add=True)
+
+
+@pytest.mark.parametrize("policy", ["one-tile", "many-chunks", "chunk-loops"])
+@pytest.mark.parametrize("detach", [False, True], ids=["eval", "detached"])
+def test_eval_and_detached_paths(kernels, tile_policy, policy, detach):
+    """Constant statistics: dx is written by the reduction pass itself (one backward launch)."""
+    tile_policy(**POLICIES[policy])
+    x = make_input((5, 3, 3, 5), torch.float32, kernels).requires_grad_()
+    w = (torch.rand(3, device=kernels) + 0.5).requires_grad_()
+    b = torch.randn(3, device=kernels).requires_grad_()
+    rm, rv = torch.randn(3, device=kernels), torch.rand(3, device=kernels) + 0.5
+    y = tritonbn.batch_norm(x, rm, rv, w, b, training=detach, detach_stats=detach)
+    dy = torch.randn_like(y)
+    dx, dw, db = torch.autograd.grad(y, (x, w, b), dy)
+    if detach:
+        mean, var, _ = reference.batch_norm_stats(x.detach())
+    else:
+        mean, var = rm.double(), rv.double()
+    y_ref = reference.batch_norm(x.detach(), mean, var, w.detach(), b.detach(), training=False)
+    assert_close(y, y_ref, torch.float32, "y")
+    want = reference.batch_norm_backward(dy, x.detach(), w.detach(), mean, torch.rsqrt(var + 1e-5), training=False)
+    for g, r, q in zip((dx, dw, db), want, ["dx", "dweight", "dbias"], strict=True):
+        assert_close(g, r, torch.float32, q, q)
+
+
+def test_one_tile_threshold_both_sides(kernels, tile_policy):
+    """A channel block of 4·3·5 = 60 rows padded to 4·8 = 32... the limit decides one launch or two."""
+    x = make_input((4, 3, 3, 5), torch.float32, kernels).requires_grad_()
+    rows = launch.rows_view(launch.ncs_view(x), launch.ncs_view(x))
+    for single, expected in ((4 * 16, True), (4 * 16 - 1, False)):
+        tile_policy(tile=16, single=single)
+        assert launch.geometry(rows).single is expected
+        y = tritonbn.batch_norm(x, None, None, training=True)
+        y_ref = reference.batch_norm(x.detach(), None, None, training=True)
+        assert_close(y, y_ref, torch.float32, "y")
+        dy = torch.randn_like(y)
+        (dx,) = torch.autograd.grad(y, x, dy)
+        dx_ref, _, _ = reference_grads(dy, x)
+        assert_close(dx, dx_ref, torch.float32, "dx")
+
+
+def test_tickets_are_reset_after_a_merge(kernels, tile_policy):
+    """The last program of each channel block resets its ticket, so the next call starts from zero."""
+    tile_policy(tile=8, single=0, programs=1 << 20)
+    x = make_input((6, 5, 3, 3), torch.float32, kernels, "channels_last").requires_grad_()
+    y = tritonbn.batch_norm(x, None, None, training=True)
+    torch.autograd.grad(y, x, torch.randn_like(y))
+    locks = [buf for key, buf in launch._LOCKS.items() if key[0] == str(x.device) or key[0] == x.device.index]
+    assert locks and all(int(buf.abs().sum()) == 0 for buf in locks)
+
+
+def test_repeated_calls_reuse_their_plan(kernels):
+    launch.clear_plans()
+    x = make_input((4, 3, 5), torch.float32, kernels).requires_grad_()
+    for _ in range(3):
+        y = tritonbn.batch_norm(x, None, None, training=True)
+        torch.autograd.grad(y, x, torch.randn_like(y))
+    assert len(launch._FORWARD_PLANS) == 1
+    assert len(launch._BACKWARD_PLANS) == 1
+
+
+# ------------------------------------------------------------------------------------------ launches
+
+
+def _counts(tile, single, fn):
+    launch.TILE_ELEMENTS, launch.SINGLE_MAX_ELEMENTS = tile, single
+    launch.clear_plans()
+    return count_launches(fn)
+
+
+@pytest.fixture
+def launch_policy(monkeypatch):
+    monkeypatch.setattr(launch, "TILE_ELEMENTS", launch.TILE_ELEMENTS)
+    monkeypatch.setattr(launch, "SINGLE_MAX_ELEMENTS", launch.SINGLE_MAX_ELEMENTS)
+    yield
+    monkeypatch.undo()
+    launch.clear_plans()
+
+
+@pytest.mark.launch_count
+@pytest.mark.parametrize("one_tile", [True, False], ids=["one-tile", "many-tiles"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_launches_per_pass(launch_policy, one_tile, layout):
+    """Train forward ≤ 2 launches (1 on one tile), backward ≤ 2 (1 on one tile), eval forward 1, eval and
+    detached backward 1, the fused add + ReLU the same; no other kernel (ATen) at all."""
+    tile, single = (2048, 1 << 20) if one_tile else (8, 0)
+    n = 1 if one_tile else 2
+    x = torch.randn(4, 6, 3, 3).requires_grad_()
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last).detach().requires_grad_()
+    w, b = torch.rand(6, requires_grad=True), torch.randn(6, requires_grad=True)
+    rm, rv = torch.zeros(6), torch.ones(6)
+    res = torch.randn_like(x).requires_grad_()
+    dy = torch.randn_like(x)
+    state = {}
+
+    def fwd(training=True, relu=False, detach=False):
+        if relu:
+            state["y"] = tritonbn.batch_norm_relu(x, rm, rv, w, b, training, residual=res, detach_stats=detach)
+        else:
+            state["y"] = tritonbn.batch_norm(x, rm, rv, w, b, training, detach_stats=detach)
+
+    def bwd(relu=False):
+        torch.autograd.grad(state["y"], (x, w, b, res) if relu else (x, w, b), dy)
+
+    expected = [
+        ("train forward", lambda: fwd(), n),
+        ("train backward", lambda: bwd(), n),
+        ("eval forward", lambda: fwd(False), 1),
+        ("eval backward", lambda: bwd(), 1),
+        ("fused train forward", lambda: fwd(relu=True), n),
+        ("fused train backward", lambda: bwd(relu=True), n),
+        ("detached train forward", lambda: fwd(detach=True), n),
+        ("detached backward", lambda: bwd(), 1),
+    ]
+    from tritonbn.bench.host import stubbed_kernels
+
+    for what, fn, want in expected:
+        with stubbed_kernels():
+            count = _counts(tile, single, fn)
+        assert sum(count.aten.values()) == 0, f"{what}: ATen kernels {dict(count.aten)}"
+        assert sum(count.triton.values()) == want, f"{what}: {dict(count.triton)}"
+
+
+@pytest.mark.launch_count
+def test_module_launches(launch_policy):
+    """Through ``tritonbn.BatchNorm2d``: the same, plus torch's own ``num_batches_tracked += 1``."""
+    from tritonbn.bench.host import stubbed_kernels
+
+    bn = tritonbn.BatchNorm2d(6)
+    x = torch.randn(4, 6, 3, 3, requires_grad=True)
+    with stubbed_kernels():
+        count = _counts(2048, 1 << 20, lambda: bn(x))
+    assert dict(count.aten) == {"add_": 1}
+    assert sum(count.triton.values()) == 1
+
+
+@pytest.mark.parametrize("policy", ["one-tile", "many-chunks"])
+def test_nan_stays_nan_in_the_statistics(kernels, tile_policy, policy):
+    """A NaN in a channel makes its output, batch variance and running statistics NaN (as torch's do) on
+    both paths: the variance's clamp at 0 must not swallow it."""
+    tile_policy(**POLICIES[policy])
+    x = make_input((4, 3, 3, 3), torch.float32, kernels)
+    x[1, 0, 2, 1] = float("nan")
+    rm, rv = torch.zeros(3, device=kernels), torch.ones(3, device=kernels)
+    y = tritonbn.batch_norm(x, rm, rv, training=True)
+    rm_t, rv_t = torch.zeros(3), torch.ones(3)
+    y_t = torch.nn.functional.batch_norm(x.cpu(), rm_t, rv_t, training=True)
+    assert torch.equal(torch.isnan(y.cpu()), torch.isnan(y_t))
+    assert torch.equal(torch.isnan(rm.cpu()), torch.isnan(rm_t)) and torch.equal(
+        torch.isnan(rv.cpu()), torch.isnan(rv_t)
+    )
+    assert torch.isnan(rv[0]) and torch.isfinite(rv[1:]).all()
+    assert_close(y[:, 1:], reference.batch_norm(x[:, 1:], None, None, training=True), torch.float32, "y")
