@@ -66,9 +66,10 @@ CORRECTNESS_NUMERIC = ["max_abs_err", "max_rel_err", "tol"]
 # Optional correctness columns: ``status`` is ok | fail | error | skipped, ``note`` says why.
 CORRECTNESS_OPTIONAL = ["backend", "status", "note"]
 
-# The records of ``tritonbn-gpu-session`` steps, by the ending of their file names (``<date>_<sha>_env.csv``):
-# listed as runs of their own kind, not read as benchmark or correctness files.
-SESSION_RECORD_KINDS = ("env", "tests", "kernels", "sync", "train")
+# The records of ``tritonbn-gpu-session`` steps, ``tritonbn-bench --host`` and ``tritonbn-aot``, by the ending
+# of their file names (``<date>_<sha>_env.csv``): listed as runs of their own kind, not read as benchmark or
+# correctness files.
+SESSION_RECORD_KINDS = ("env", "tests", "kernels", "sync", "train", "host", "aot")
 
 # Columns that only one kind of file has: used to tell the kinds apart when some columns are missing.
 _BENCHMARK_MARKERS = {"pass", "ms_median", "ms_p20", "ms_p80", "gbps", "peak_gbps", "pct_of_peak", "numel", "bytes"}

@@ -15,7 +15,9 @@ from pathlib import Path
 __all__ = [
     "BENCH_COLUMNS",
     "CORRECTNESS_COLUMNS",
+    "AOT_COLUMNS",
     "ENV_COLUMNS",
+    "HOST_COLUMNS",
     "KERNELS_COLUMNS",
     "PROVENANCE_COLUMNS",
     "RESULT_KINDS",
@@ -154,7 +156,53 @@ TRAIN_COLUMNS: tuple[str, ...] = (
     "note",
 )
 
-#: Result kinds and the ending of their file names: ``<date>_<sha><ending>.csv``.
+#: ``tritonbn-bench --host``: launches and host time per call (kernels stubbed), tritonbn against torch.
+HOST_COLUMNS: tuple[str, ...] = (
+    *PROVENANCE_COLUMNS,
+    "impl",
+    "pass",
+    "shape",
+    "dtype",
+    "layout",
+    "triton_launches",
+    "aten_launches",
+    "launches",
+    "kernels",
+    "host_us",
+    "host_ratio",
+    "cpu",
+)
+
+#: ``tritonbn-aot``: one row per (kernel specialisation, arch), compiled ahead of time (``gpu`` is empty).
+AOT_COLUMNS: tuple[str, ...] = (
+    *PROVENANCE_COLUMNS,
+    "kernel",
+    "hot",
+    "case",
+    "pass",
+    "dtype",
+    "layout",
+    "shape",
+    "block_n",
+    "block_s",
+    "block_c",
+    "num_warps",
+    "arch",
+    "status",
+    "registers",
+    "spill_bytes",
+    "shared_bytes",
+    "sass_instructions",
+    "loop_instructions",
+    "elements_per_thread",
+    "instructions_per_element",
+    "div64_per_thread",
+    "uses",
+    "error",
+)
+
+#: Result kinds and the ending of their file names: ``<date>_<sha><ending>.csv`` (``aot``:
+#: ``<triton-version>_<sha>_aot.csv`` in ``bench_results/aot/``).
 RESULT_KINDS: dict[str, str] = {
     "bench": "",
     "check": "_check",
@@ -163,6 +211,8 @@ RESULT_KINDS: dict[str, str] = {
     "kernels": "_kernels",
     "sync": "_sync",
     "train": "_train",
+    "host": "_host",
+    "aot": "_aot",
 }
 
 

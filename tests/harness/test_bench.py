@@ -252,3 +252,37 @@ def test_bench_smoke_on_gpu(tmp_path):
     ok = [r for r in rows if r["status"] == "ok"]
     assert ok and all(float(r["gbps"]) > 0 and float(r["peak_gbps"]) > 0 for r in ok)
     assert {r["backend"] for r in rows if r["provider"] == "cudnn" and r["status"] == "ok"} <= {"cudnn", "cudnn?"}
+
+
+def test_host_report_counts_launches_and_times_both(run_cli, tmp_path):
+    """``tritonbn-bench --host`` on the CPU: one row per (implementation, pass), tritonbn's launches exact
+    (1 per pass for a one-tile tensor, no other operator), torch's measured against the same passes."""
+    env = {"TRITON_INTERPRET": "0"}
+    result = run_cli("tritonbn.bench", "--host", "--host-rounds", "1", "--out", str(tmp_path), "--no-progress", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (path,) = (tmp_path / "cpu").glob("*_host.csv")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    from tritonbn.bench.host import PASSES
+    from tritonbn.schema import HOST_COLUMNS
+
+    assert list(rows[0]) == list(HOST_COLUMNS)
+    assert {(r["impl"], r["pass"]) for r in rows} == {(i, p) for i in ("tritonbn", "torch") for p in PASSES}
+    ours = {r["pass"]: r for r in rows if r["impl"] == "tritonbn"}
+    for pass_, want in {
+        "train_forward": 1,
+        "train_backward": 1,
+        "train_forward_backward": 2,
+        "eval_forward": 1,
+    }.items():
+        assert int(ours[pass_]["triton_launches"]) == want, ours[pass_]
+        assert int(ours[pass_]["aten_launches"]) == 0, ours[pass_]
+    torch_rows = [r for r in rows if r["impl"] == "torch"]
+    assert all(float(r["host_us"]) > 0 and int(r["triton_launches"]) == 0 for r in torch_rows)
+    assert all(float(r["host_ratio"]) > 0 for r in rows)
+    assert "train forward+backward host time" in result.stdout
+
+
+def test_host_report_refuses_the_interpreter(run_cli, tmp_path):
+    result = run_cli("tritonbn.bench", "--host", "--out", str(tmp_path), env={"TRITON_INTERPRET": "1"})
+    assert result.returncode == 2 and "TRITON_INTERPRET" in result.stderr

@@ -78,6 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
         "neighbouring shapes in different dtypes/layouts/modes, so a run cut short by --max-seconds or "
         "--limit still samples them all (default grid)",
     )
+    p.add_argument(
+        "--host",
+        action="store_true",
+        help="measure the host side instead, on any machine: launches per call (kernels stubbed, ATen operators "
+        "counted) and host µs per call, tritonbn against torch's batch norm on this CPU; writes "
+        "<out>/cpu/<date>_<sha>_host.csv",
+    )
+    p.add_argument(
+        "--host-shape",
+        default="4,16,4,4",
+        help="input shape of --host (default 4,16,4,4: small, so the host dominates)",
+    )
+    p.add_argument(
+        "--host-rounds", type=int, default=15, help="alternating timing rounds per pass of --host (default 15)"
+    )
     p.add_argument("--list-suites", action="store_true", help="print the shapes of the suites and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -112,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--limit must be positive")
     if args.max_seconds is not None and args.max_seconds <= 0:
         parser.error("--max-seconds must be positive")
+    if args.host:
+        return _run_host(args, parser)
     if args.list_suites:
         for name in args.suite:
             shapes = get_suite(name)
@@ -177,6 +194,53 @@ def _run(args: argparse.Namespace) -> int:
             f"(--max-seconds {args.max_seconds:g} reached)"
         )
     print(f"tritonbn-bench: {len(all_rows)} rows in {time.perf_counter() - start:.0f} s -> {writer.path}")
+    return 0
+
+
+def _run_host(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import torch
+
+    from tritonbn import provenance
+    from tritonbn.bench.host import HOST_BUDGET, PASSES, measure
+    from tritonbn.schema import HOST_COLUMNS, CsvWriter, result_path
+
+    try:
+        shape = tuple(int(v) for v in args.host_shape.split(","))
+        if len(shape) < 2 or min(shape) < 1:
+            raise ValueError
+    except ValueError:
+        parser.error(f"--host-shape must be comma-separated positive sizes (N,C,...), got {args.host_shape!r}")
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("tritonbn-bench --host: TRITON_INTERPRET is set; unset it (kernels are stubbed anyway).", file=sys.stderr)
+        return 2
+    prov = provenance.collect("cpu")
+    bar = _progress(len(PASSES), args.no_progress)
+
+    def progress(what: str) -> None:
+        if bar is not None:
+            bar.set_postfix_str(what, refresh=False)
+            bar.update()
+
+    if args.host_rounds < 1:
+        parser.error("--host-rounds must be positive")
+    rows = measure(shape, torch.float32, rounds=args.host_rounds, progress=progress)
+    if bar is not None:
+        bar.close()
+    path = result_path(args.out, "cpu", provenance.utc_date(prov["timestamp"]), prov["git_sha"], kind="host")
+    with CsvWriter(path, HOST_COLUMNS) as writer:
+        writer.write_all({**prov, **r} for r in rows)
+    by = {(r["impl"], r["pass"]): r for r in rows}
+    print(f"{'pass':<24}{'launches':>10}{'torch':>7}{'host µs':>10}{'torch µs':>10}{'ratio':>8}")
+    for pass_ in PASSES:
+        ours, ref = by[("tritonbn", pass_)], by[("torch", pass_)]
+        print(
+            f"{pass_:<24}{ours['launches']:>10}{ref['launches']:>7}{ours['host_us']:>10.1f}{ref['host_us']:>10.1f}"
+            f"{ours['host_ratio']:>8.2f}"
+        )
+    ratio = by[("tritonbn", "train_forward_backward")]["host_ratio"]
+    verdict = "within" if ratio <= HOST_BUDGET else "OVER"
+    print(f"train forward+backward host time: {ratio:.2f}x torch's ({verdict} the {HOST_BUDGET}x budget)")
+    print(f"tritonbn-bench --host: {len(rows)} rows -> {path}")
     return 0
 
 
