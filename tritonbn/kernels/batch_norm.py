@@ -123,11 +123,14 @@ def _tile_mask(
 @_device
 def _tile_start(t, SB, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, WIDE: tl.constexpr):
     """Sample block and position block of tile ``t`` (tiles enumerate sample blocks x position blocks);
-    int64 with WIDE, so that block starts past 2^31 (a channel of 2^31 rows or more) do not wrap."""
-    if WIDE:
-        t = t.to(tl.int64)
+    int64 with WIDE, so that block starts past 2^31 (a channel of 2^31 rows or more) do not wrap. (Tile
+    counts stay far below 2^31: the division itself is 32-bit.)"""
     nb = t // SB
-    return nb, t - nb * SB
+    sb = t - nb * SB
+    if WIDE:
+        nb = nb.to(tl.int64)
+        sb = sb.to(tl.int64)
+    return nb, sb
 
 
 @_device
