@@ -51,7 +51,7 @@ MIN_ELEMENTS_PER_THREAD = 8
 #: meets the budget. ``--check`` fails on anything above its ceiling, and on any other row over budget.
 CEILINGS: dict[tuple[str, str], tuple[float, int]] = {
     # (kernel, path): (instructions per element, registers); worst measured on the full case set
-    ("bn_forward_stats_kernel", "loop"): (45.0, 264),  # 40.1 (float64 channels_last, C = 40), 234 registers
+    ("bn_forward_stats_kernel", "loop"): (45.0, 255),  # 40.1 (float64 channels_last, C = 40), 234 registers
     ("bn_forward_stats_kernel", "one-tile"): (53.0, 128),  # 48.1 (float64 (512, 64))
     ("bn_forward_apply_kernel", "loop"): (24.0, 128),  # 21.3
     ("bn_forward_apply_kernel", "one-tile"): (36.0, 128),  # 32.5
@@ -364,6 +364,8 @@ def _resources(cubin_path: str) -> tuple[int, int, int]:
 def compile_one(job: tuple) -> dict:
     """Compile one specialisation for one arch (in a worker process): resources and SASS statistics."""
     kernel_name, signature, constexprs, attrs, options, arch = job
+    # FP contraction on, as the JIT compiles by default (set explicitly: newer triton warns when unset)
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -531,10 +533,19 @@ def main(argv: list[str] | None = None) -> int:
         "needed) and report registers, spills and SASS instructions per element.",
     )
     parser.add_argument("--out", default="bench_results/aot", help="output folder (default: bench_results/aot)")
-    parser.add_argument("--quick", action="store_true", help="the ResNet-50 and BatchNorm1d shapes only")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the ResNet-50, BatchNorm1d and > 2^31-row shapes, main passes only (file name ..._quick_aot.csv)",
+    )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compiles")
     parser.add_argument("--arch", type=int, action="append", help="compute capability x10 (default: 90 and 80)")
-    parser.add_argument("--check", action="store_true", help="exit 1 when a budget is exceeded")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 on a compile error, a spill or a 64-bit division in a hot kernel, or a row over the budget "
+        "beyond its class's recorded ceiling (CEILINGS)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     import triton
@@ -546,7 +557,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = run(args.quick, max(1, args.jobs), tuple(args.arch or ARCHS), progress=not args.no_progress)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = unique_path(out / f"{triton.__version__}_{git_sha()}{'_quick' if args.quick else ''}_aot.csv")
+    sha = rows[0]["git_sha"] if rows else git_sha()
+    path = unique_path(out / f"{triton.__version__}_{sha}{'_quick' if args.quick else ''}_aot.csv")
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=AOT_COLUMNS, extrasaction="ignore")
         writer.writeheader()
@@ -570,7 +582,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{MAX_INSTRUCTIONS_PER_ELEMENT:g} instructions per element)"
     )
     for line in bad:
-        print("BUDGET:", line)
+        print("BEYOND CEILING:", line)
+    if not bad:
+        print("every row compiles, nothing spills, and nothing is beyond its class's ceiling")
     return 1 if (bad and args.check) else 0
 
 

@@ -198,17 +198,6 @@ def backward_kernels(
     return dx, dw, db, dres
 
 
-def forward_kernels(
-    x, weight, bias, running_mean, running_var, use_batch_stats, eps, residual=None, relu=False, momentum=0.0
-):
-    """``y = act((x - mean)·weight·invstd + bias + residual)`` by the Triton kernels: ``(y, stats)``.
-
-    ``stats`` (≥ 4, C) holds mean, invstd, weight·invstd and the variance used. In training the running
-    statistics, when given, are updated in place by the statistics kernel (``momentum``, unbiased variance).
-    """
-    return launch.bn_forward(x, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps, residual, relu)
-
-
 class BatchNormFunction(Function):
     """(y, stats) with y = act((x - mean)·weight·invstd + bias [+ residual]), batch or running statistics.
 

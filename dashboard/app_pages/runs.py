@@ -9,8 +9,9 @@ from dashboard import data, plots, ui
 
 st.title("Runs")
 st.caption(
-    "One result file is one run of `tritonbn-bench` or `tritonbn-check`, or one step of `tritonbn-gpu-session` "
-    "(kinds env, tests, kernels, sync, train), with the provenance it recorded."
+    "One result file is one run of `tritonbn-bench` or `tritonbn-check`, one step of `tritonbn-gpu-session` "
+    "(kinds env, tests, kernels, sync, train), one `tritonbn-bench --host` (host) or one `tritonbn-aot` (aot) "
+    "report, with the provenance it recorded."
 )
 root, res = ui.load()
 if not res.files:
