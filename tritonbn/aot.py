@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -246,8 +246,7 @@ def record(case_list: list[Case]) -> list[Launch]:
     try:
         for case in case_list:
             for pass_ in case.passes:
-                current.update(case=case, pass_=pass_)
-                current["pass"] = pass_
+                current.update({"case": case, "pass": pass_})
                 _run_case(case, pass_)
     finally:
         launch._launch, functional.uses_triton = real_launch, real_uses
@@ -266,7 +265,6 @@ class Spec:
     options: dict
     launch: Launch
     uses: int = 1
-    key: tuple = field(default=())
 
 
 def specialise(launches: list[Launch], arch: int = 90) -> list[Spec]:
@@ -299,7 +297,7 @@ def specialise(launches: list[Launch], arch: int = 90) -> list[Spec]:
             specs[key].uses += 1
             continue
         opts = {"num_warps": options.num_warps, "num_stages": options.num_stages}
-        specs[key] = Spec(kernel.fn.__name__, signature, constexprs, attrs, opts, ln, key=key)
+        specs[key] = Spec(kernel.fn.__name__, signature, constexprs, attrs, opts, ln)
     return list(specs.values())
 
 

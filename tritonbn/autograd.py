@@ -190,11 +190,9 @@ def backward_kernels(
         need_weight=need_weight,
         need_bias=need_bias,
         relu_output=relu_output,
-        need_residual=need_residual and relu_output is not None,
+        need_residual=need_residual,
         bias_dtype=bias_dtype,
     )
-    if need_residual and relu_output is None:
-        dres = grad_output
     return dx, dw, db, dres
 
 
@@ -259,21 +257,8 @@ def _backward(ctx, grad_output):
         )
     else:
         dx, dw, db, dres, _ = launch.backward_passes(
-            grad_output,
-            x,
-            weight,
-            stats,
-            ctx.stats_grad,
-            need_x,
-            need_w,
-            need_b,
-            y,
-            need_res and y is not None,
-            ctx.bias_dtype,
-            False,
+            grad_output, x, weight, stats, ctx.stats_grad, need_x, need_w, need_b, y, need_res, ctx.bias_dtype, False
         )
-        if need_res and y is None:
-            dres = grad_output  # d(y + residual)/d residual without a ReLU
     return (dx, dw, db, None, None, None, None, None, None, dres, None)[: len(needs)]
 
 

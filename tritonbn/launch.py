@@ -531,9 +531,10 @@ def bn_backward(
 
     ``stats`` is the (≥ 2, C) statistics tensor of the forward (rows: mean, invstd). With ``relu_output``
     (the y of a fused ReLU) every dy is dy·[y > 0]; ``need_residual`` also returns that gated dy, the
-    residual's gradient. ``coef`` (5, C) holds (scale, beta, gamma, Σdy, Σdy·(x - mean)) when a reduction
-    ran (else None). ``coef_only`` runs the reduction alone (SyncBatchNorm exchanges Σdy and Σdy·(x - mean)
-    before dx). See :func:`tritonbn.autograd.backward_kernels` for the formulas.
+    residual's gradient (without ``relu_output``: ``grad_output`` itself, no pass). ``coef`` (5, C)
+    holds (scale, beta, gamma, Σdy, Σdy·(x - mean)) when a reduction ran (else None). ``coef_only`` runs the
+    reduction alone (SyncBatchNorm exchanges Σdy and Σdy·(x - mean) before dx). See
+    :func:`tritonbn.autograd.backward_kernels` for the formulas.
     """
     return backward_passes(
         grad_output,
@@ -566,6 +567,9 @@ def backward_passes(
     coef_only,
 ):
     """:func:`bn_backward` with positional arguments (the autograd backward's call, ~2 µs less host time)."""
+    # Without a ReLU the residual's gradient is dy itself: nothing to compute.
+    residual_is_dy = need_residual and gate is None and not coef_only
+    need_residual = need_residual and not residual_is_dy
     need_weight = need_weight and weight is not None
     weight = _unit_stride(weight)
     key = (
@@ -614,7 +618,7 @@ def backward_passes(
             _launch(kernel, grid, (grad_output, x, gate, dx, dres, weight, stats, dw, db, coef, locks, *ints), meta)
         else:
             _launch(kernel, grid, (grad_output, x, gate, dx, dres, weight, stats, coef, *ints), meta)
-    return dx, dw, db, dres, coef
+    return dx, dw, db, grad_output if residual_is_dy else dres, coef
 
 
 def _backward_plan(dy, x, gate, stats_grad, need_input, need_weight, need_bias, need_residual, coef_only, has_w):
