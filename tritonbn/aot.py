@@ -12,8 +12,10 @@ Output: ``--out DIR`` (default ``bench_results/aot``) ``<triton-version>_<sha>_a
 :data:`tritonbn.schema.AOT_COLUMNS`, provenance first), one row per (specialisation, arch).
 ``instructions_per_element`` is the steady state of a program: the SASS
 instructions of its element loop divided by the elements each thread handles per iteration (for a
-kernel without a loop -- one tile per program -- the whole kernel's instructions divided by the
-elements per thread). ``div64_per_thread`` counts 64-bit integer divisions and remainders in the PTX.
+kernel without a loop -- one tile per program -- the instructions of a program's common path divided by
+the elements per thread; the common path ends at the ticket that elects the one program per channel block
+that merges the partials, see :func:`sass_stats`). ``div64_per_thread`` counts 64-bit integer divisions
+and remainders in the PTX.
 
 Budgets checked by ``--check`` (and by the test suite on ``--quick``): every specialisation compiles;
 hot kernels (those that touch every element) use at most 128 registers, spill nothing and spend at most
@@ -319,12 +321,16 @@ def _tool(name: str) -> str:
 _INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
 
 
-def sass_stats(sass: str) -> tuple[int, int]:
-    """(instructions, instructions of the element loop) of one kernel's SASS.
+def sass_stats(sass: str) -> tuple[int, int, int]:
+    """(instructions, instructions of the element loop, instructions of a program's common path) of one
+    kernel's SASS.
 
-    The element loop is the first loop in program order (a backward branch) that reads or writes global
-    memory: the kernels put their tile loop before any once-per-channel-block tail. Trailing padding
-    (the final self-branch and NOPs) is not counted.
+    The common path is everything up to and including the first global atomic -- the ticket that elects
+    the program merging a channel block's partials; what follows runs in one program per channel block,
+    not per element (the whole kernel when there is no ticket). The element loop is the first loop in
+    program order (a backward branch) on the common path that reads or writes global memory: the kernels
+    put their tile loop before the ticket. Trailing padding (the final self-branch and NOPs) is not
+    counted.
     """
     instrs = []
     for m in _INSTR.finditer(sass):
@@ -332,9 +338,12 @@ def sass_stats(sass: str) -> tuple[int, int]:
     # drop the padding after the last EXIT's self-branch
     while instrs and instrs[-1][1] in ("NOP", "BRA"):
         instrs.pop()
+    common = next(
+        (i + 1 for i, (_, op, _) in enumerate(instrs) if op.startswith(("ATOMG", "ATOM.", "RED"))), len(instrs)
+    )
     addr_index = {a: i for i, (a, _, _) in enumerate(instrs)}
     loops = []
-    for i, (addr, op, rest) in enumerate(instrs):
+    for i, (addr, op, rest) in enumerate(instrs[:common]):
         if op.startswith("BRA"):
             m = re.search(r"0x([0-9a-f]+)", rest)
             if m:
@@ -345,8 +354,8 @@ def sass_stats(sass: str) -> tuple[int, int]:
     for start, end in loops:
         body = instrs[start : end + 1]
         if any(op.startswith(("LDG", "STG")) for _, op, _ in body):
-            return len(instrs), len(body)
-    return len(instrs), 0
+            return len(instrs), len(body), common
+    return len(instrs), 0, common
 
 
 def _resources(cubin_path: str) -> tuple[int, int, int]:
@@ -386,7 +395,7 @@ def compile_one(job: tuple) -> dict:
             sass = subprocess.run(
                 [_tool("cuobjdump"), "-sass", cubin], capture_output=True, text=True, check=True
             ).stdout
-        total, loop = sass_stats(sass)
+        total, loop, common = sass_stats(sass)
         ptx = compiled.asm["ptx"]
         div64 = len(re.findall(r"\b(?:div|rem)\.[su]64\b", ptx))
         row.update(
@@ -396,6 +405,7 @@ def compile_one(job: tuple) -> dict:
             shared_bytes=max(shared, compiled.metadata.shared),
             sass_instructions=total,
             loop_instructions=loop,
+            program_instructions=common,
             div64_per_thread=div64,
             error="",
         )
@@ -437,7 +447,7 @@ def _row(spec: Spec, result: dict, prov: dict) -> dict:
     }
     row.update(result)
     if result.get("status") == "ok":
-        body = result["loop_instructions"] or result["sass_instructions"]
+        body = result["loop_instructions"] or result.get("program_instructions") or result["sass_instructions"]
         row["instructions_per_element"] = round(body / ept, 2) if ept else ""
     return row
 

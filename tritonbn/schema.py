@@ -194,6 +194,7 @@ AOT_COLUMNS: tuple[str, ...] = (
     "shared_bytes",
     "sass_instructions",
     "loop_instructions",
+    "program_instructions",
     "elements_per_thread",
     "instructions_per_element",
     "div64_per_thread",

@@ -58,9 +58,36 @@ _SASS = """
 
 
 def test_sass_loop_is_found():
-    total, loop = aot.sass_stats(_SASS)
+    total, loop, common = aot.sass_stats(_SASS)
     assert total == 7  # the trailing self-branch and NOP padding are not counted
     assert loop == 4  # LDG, FADD, STG, BRA
+    assert common == 7  # no ticket: every instruction is on every program's path
+
+
+# a one-tile-per-program reduction: its tile, the ticket, then the merge loop of the last program only
+_SASS_TICKET = """
+        /*0000*/                   S2R R0, SR_CTAID.X ;
+        /*0010*/                   LDG.E.128 R4, desc[UR4][R2.64] ;
+        /*0020*/                   FADD R3, R4, R5 ;
+        /*0030*/                   STG.E desc[UR4][R8.64], R3 ;
+        /*0040*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+        /*0050*/               @P0 ATOMG.E.ADD.STRONG.GPU PT, R5, desc[UR4][R6.64], R5 ;
+        /*0060*/                   ISETP.NE.AND P1, PT, R5, 0x3, PT ;
+        /*0070*/               @P1 EXIT ;
+        /*0080*/                   LDG.E.STRONG.GPU R10, desc[UR4][R8.64] ;
+        /*0090*/                   FADD R11, R11, R10 ;
+        /*00a0*/               @P2 BRA 0x80 ;
+        /*00b0*/                   ATOMG.E.EXCH.STRONG.GPU PT, RZ, desc[UR4][R6.64], RZ ;
+        /*00c0*/                   EXIT ;
+        /*00d0*/                   BRA 0xd0;
+"""
+
+
+def test_merge_after_the_ticket_is_not_the_element_loop():
+    """The loop after the ticket merges partials in one program per channel block: it is neither the
+    element loop nor on the common path a program's instructions per element are counted from."""
+    total, loop, common = aot.sass_stats(_SASS_TICKET)
+    assert (total, loop, common) == (13, 0, 6)
 
 
 def _row(**kw):
