@@ -33,8 +33,12 @@ SHAPES = {
     # NCHW with a spatial size that is not a power of two (masks on S), and one that is
     "nchw-odd": ((5, 3, 3, 5), "contiguous"),
     "nchw-pow2": ((4, 3, 4, 4), "contiguous"),
+    # S = 12: strides and S multiples of 4, not 16 (the kernels are told VEC = 4 and mask S)
+    "nchw-vec4": ((3, 2, 3, 4), "contiguous"),
     # channels_last with C not a power of two (masks on C)
     "nhwc": ((3, 5, 3, 3), "channels_last"),
+    # C = 12: VEC = 4 with masks on C
+    "nhwc-vec4": ((2, 12, 3, 3), "channels_last"),
     # (N, C): rows are the samples
     "2d": ((37, 6), "contiguous"),
     # a strided view (every other sample): N and S cannot fold, sample blocks of their own
@@ -157,6 +161,32 @@ def test_repeated_calls_reuse_their_plan(kernels):
         torch.autograd.grad(y, x, torch.randn_like(y))
     assert len(launch._FORWARD_PLANS) == 1
     assert len(launch._BACKWARD_PLANS) == 1
+
+
+@pytest.mark.parametrize(
+    "shape, layout, vec, inner",
+    [
+        ((32, 256, 14, 14), "contiguous", 4, False),  # S = 196: 16-byte float32 vectors along S
+        ((32, 2048, 7, 7), "contiguous", 1, False),  # S = 49: every (n, c) plane starts unaligned
+        ((32, 64, 56, 56), "contiguous", 16, False),
+        ((64, 1000), "contiguous", 8, True),  # (N, C): rows of 1000 channels
+        ((8, 40, 15, 15), "channels_last", 8, True),
+        ((8, 3, 15, 15), "channels_last", 1, True),  # C = 3: tiles along C, but nothing aligned
+    ],
+)
+def test_alignment_told_to_the_kernels(shape, layout, vec, inner):
+    """VEC divides every stride the kernels mark aligned and the contiguous axis's size; the grid is
+    (channel blocks, chunks)."""
+    x = torch.empty(shape).to(memory_format=torch.channels_last) if layout == "channels_last" else torch.empty(shape)
+    rows = launch.rows_view(launch.ncs_view(x), launch.ncs_view(torch.empty_like(x)))
+    for kw in ({}, {"single_ok": False}, {"single_ok": False, "reduces": False}):
+        geo = launch.geometry(rows, **kw)
+        assert (vec, inner) == (geo.VEC, geo.INNER_C)
+        assert geo.grid == (geo.CB, geo.P) and geo.meta()["VEC"] == vec
+        extent = rows.C if inner else rows.S
+        marked = [v for sn, ss, sc in rows.strides for v in ((sn, ss) if inner else (sn, sc))]
+        assert all(v % geo.VEC == 0 for v in [extent, *marked])
+    assert "VEC" not in launch.geometry(rows, one_tile_per_program=True).meta(hints=False)
 
 
 # ------------------------------------------------------------------------------------------ launches

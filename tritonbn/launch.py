@@ -109,6 +109,11 @@ def _tl_acc(dtype: torch.dtype):
 # The interpreter runs each program in numpy: fewer, larger programs there.
 TILE_ELEMENTS = 1 << 14 if INTERPRET else 2048
 """Elements per loop iteration of a program (4 warps: 16 per thread)."""
+VECTOR_TILE_SCALE = 1 if INTERPRET else 2
+"""Tiles (and the one-tile path's elements per thread) are this many times larger when the tile's accesses
+are vectorised and it accumulates in float32: 32 elements per thread amortise a program's and an
+iteration's fixed instructions, within 128 registers (scalar accesses need a 64-bit address per element,
+float64 accumulators two registers each: those stay at 16)."""
 SINGLE_MAX_ELEMENTS = 1 << 15 if INTERPRET else 8192
 """A channel block whose rows fit a tile of at most this many elements runs in one program (one launch)."""
 TARGET_PROGRAMS = 64 if INTERPRET else 1024
@@ -176,13 +181,19 @@ class Geometry(NamedTuple):
     single: bool
     num_warps: int
     block_p: int
+    VEC: int  # a power of two dividing every stride but the contiguous axis's, and that axis's size
+    INNER_C: bool  # channels are the contiguous axis of the tiles (else positions, or neither)
 
     @property
-    def grid(self) -> tuple[int]:
-        return (self.P * self.CB,)
+    def grid(self) -> tuple[int, int]:
+        """(channel blocks, chunks): a program reads its channel block and chunk without dividing."""
+        return (self.CB, self.P)
 
-    def meta(self) -> dict:
+    def meta(self, hints: bool = True) -> dict:
+        """The constexprs shared by the batch-norm kernels (``hints``: with VEC and INNER_C)."""
+        extra = {"VEC": self.VEC, "INNER_C": self.INNER_C} if hints else {}
         return {
+            **extra,
             "BLOCK_N": self.BLOCK_N,
             "BLOCK_S": self.BLOCK_S,
             "BLOCK_C": self.BLOCK_C,
@@ -200,6 +211,24 @@ def _p2(n: int) -> int:
     return triton.next_power_of_2(max(1, n))
 
 
+def _vec(rows: Rows, inner: bool) -> int:
+    """The largest power of two up to 16 that divides every tensor's strides on the two axes that are not
+    the tiles' contiguous one, and the contiguous axis's size: the kernels mark those values multiples of
+    it, so that a tile's accesses along the contiguous axis can be 8-16 bytes wide (1: no contiguous axis)."""
+    if inner:
+        values = [rows.C] + [v for sn, ss, _ in rows.strides for v in (sn, ss)]
+    elif all(ss == 1 for _, ss, _ in rows.strides):
+        values = [rows.S] + [v for sn, _, sc in rows.strides for v in (sn, sc)]
+    else:
+        return 1
+    g = 0
+    for v in values:
+        g = math.gcd(g, v)
+    if g == 0:
+        return 16
+    return min(16, g & -g)
+
+
 def _wide(rows: Rows, bn: int, bs: int, bc: int) -> bool:
     """Whether an element offset (tiles rounded up to whole blocks) can reach 2^31: then int64 offsets."""
     n = triton.cdiv(rows.N, bn) * bn - 1
@@ -210,7 +239,14 @@ def _wide(rows: Rows, bn: int, bs: int, bc: int) -> bool:
 
 
 @functools.lru_cache(maxsize=4096)
-def geometry(rows: Rows, *, single_ok: bool = True, one_tile_per_program: bool = False) -> Geometry:
+def geometry(
+    rows: Rows,
+    *,
+    single_ok: bool = True,
+    one_tile_per_program: bool = False,
+    wide_acc: bool = False,
+    reduces: bool = True,
+) -> Geometry:
     """Tile shape and grid for a pass over ``rows`` (see the module and kernels' docstrings).
 
     Channels innermost (stride 1, as in channels_last and (N, C) inputs): tiles of up to 64 channels by
@@ -222,6 +258,10 @@ def geometry(rows: Rows, *, single_ok: bool = True, one_tile_per_program: bool =
     inner = sc == 1 and C > 1 and (S == 1 or ss != 1)
     pn, ps, pc = _p2(N), _p2(S), _p2(C)
     same = all(st == rows.strides[0] for st in rows.strides)
+    vec = _vec(rows, inner)
+    # larger tiles for vectorised float32-accumulating passes: the one-tile path, and the loop of a pass
+    # that accumulates nothing across tiles (a reduction's loop holds two accumulators per element)
+    scale = VECTOR_TILE_SCALE if vec >= 2 and not wide_acc and not one_tile_per_program else 1
     if single_ok and not one_tile_per_program:
         # One program per channel block holding all of its rows: the one-launch path.
         bc = min(pc, 64) if inner else 1
@@ -229,7 +269,7 @@ def geometry(rows: Rows, *, single_ok: bool = True, one_tile_per_program: bool =
             bc //= 2
         if pn * ps * bc <= SINGLE_MAX_ELEMENTS:
             elems = pn * ps * bc
-            warps = max(1, min(16, elems // 512))
+            warps = max(1, min(16, elems // (512 * scale)))
             return Geometry(
                 pn,
                 ps,
@@ -248,8 +288,10 @@ def geometry(rows: Rows, *, single_ok: bool = True, one_tile_per_program: bool =
                 True,
                 warps,
                 1,
+                vec,
+                inner,
             )
-    tile = TILE_ELEMENTS
+    tile = TILE_ELEMENTS * (1 if reduces else scale)
     bc = min(pc, 64) if inner else 1
     bs = min(ps, max(1, tile // bc))
     bn = min(pn, max(1, tile // (bc * bs)))
@@ -281,6 +323,8 @@ def geometry(rows: Rows, *, single_ok: bool = True, one_tile_per_program: bool =
         False,
         NUM_WARPS,
         block_p,
+        vec,
+        inner,
     )
 
 
@@ -389,17 +433,18 @@ def _forward_plan(x, residual, training, has_w, has_b, has_running, relu) -> _Pl
     ints = (rows.N, rows.S, rows.C, *rows.strides[0], *rows.strides[1], *_strides_or_zero(rows, 2))
     flags = {"HAS_W": has_w, "HAS_B": has_b, "HAS_RES": residual is not None, "RELU": relu, "ACC": _tl_acc(acc)}
     if not training:
-        geo = geometry(rows, single_ok=False)
+        geo = geometry(rows, single_ok=False, wide_acc=acc == torch.float64, reduces=False)
         meta = {**geo.meta(), **flags, "EVAL": True}
         launch = (bn_forward_apply_kernel, geo.grid, (*ints, geo.SB, geo.T, geo.TPP), meta)
         return _Plan(None if y.stride() == x.stride() else y.stride(), 4, acc, 0, (launch,), ())
-    geo = geometry(rows)
+    geo = geometry(rows, wide_acc=acc == torch.float64)
     M = rows.N * rows.S
     meta = {**geo.meta(), **flags, "SINGLE": geo.single, "HAS_RUNNING": has_running, "BLOCK_P": geo.block_p}
     launches = [(bn_forward_stats_kernel, geo.grid, (*ints, geo.SB, geo.T, geo.TPP, geo.P, M), meta)]
     if not geo.single:
-        meta2 = {**geo.meta(), **flags, "EVAL": False}
-        launches.append((bn_forward_apply_kernel, geo.grid, (*ints, geo.SB, geo.T, geo.TPP), meta2))
+        geo2 = geometry(rows, single_ok=False, wide_acc=acc == torch.float64, reduces=False)
+        meta2 = {**geo2.meta(), **flags, "EVAL": False}
+        launches.append((bn_forward_apply_kernel, geo2.grid, (*ints, geo2.SB, geo2.T, geo2.TPP), meta2))
     ws_rows = 4 if geo.single else 4 + 3 * geo.P
     out_stride = None if y.stride() == x.stride() else y.stride()
     return _Plan(
@@ -640,7 +685,7 @@ def _backward_plan(dy, x, gate, stats_grad, need_input, need_weight, need_bias, 
     ws_rows = lock_blocks = 0
     rest = writes
     if need_sums:
-        geo = geometry(rows, single_ok=not coef_only)
+        geo = geometry(rows, single_ok=not coef_only, wide_acc=acc == torch.float64)
         # dx (and dres) in the reduction pass: from the registers (one tile), or dx = scale·g (constant stats)
         in_pass = geo.single or not stats_grad
         meta = {
@@ -663,7 +708,7 @@ def _backward_plan(dy, x, gate, stats_grad, need_input, need_weight, need_bias, 
         lock_blocks = 0 if geo.single else geo.CB
         rest = writes and not in_pass
     if rest:
-        geo = geometry(rows, single_ok=False)
+        geo = geometry(rows, single_ok=False, wide_acc=acc == torch.float64, reduces=False)
         meta = {
             **geo.meta(),
             **flags,
@@ -690,7 +735,7 @@ def bn_backward_dx(
     dx = _empty_output(xv.tensor, x.dtype)
     yv = ncs_view(relu_output) if relu_output is not None else xv
     rows = rows_view(gv, xv, yv, ncs_view(dx))
-    geo = geometry(rows, single_ok=False)
+    geo = geometry(rows, single_ok=False, wide_acc=x.dtype == torch.float64, reduces=False)
     meta = {
         **geo.meta(),
         "STATS_GRAD": True,
@@ -728,7 +773,7 @@ def bn_apply(x: torch.Tensor, stats: torch.Tensor, bias: torch.Tensor | None = N
     y = _empty_output(xv.tensor, x.dtype)
     yv = ncs_view(y)
     rows = rows_view(xv, yv)
-    geo = geometry(rows, single_ok=False)
+    geo = geometry(rows, single_ok=False, wide_acc=x.dtype == torch.float64, reduces=False)
     (sxn, sxs, sxc), (syn, sys_, syc) = rows.strides
     meta = geo.meta()
     meta.update(
@@ -837,7 +882,7 @@ def channel_sums(
     sum_u_p = torch.empty((geo.T, C), dtype=acc, device=u.device) if want_sum_u else None
     sum_uv_p = torch.empty((geo.T, C), dtype=acc, device=u.device) if v is not None else None
     mu_u, mu_v = _per_channel(mu_u, acc), _per_channel(mu_v, acc)
-    meta = geo.meta()
+    meta = geo.meta(hints=False)
     meta.update(
         HAS_GATE=gate is not None,
         HAS_MU_U=mu_u is not None,
@@ -906,7 +951,7 @@ def channel_affine(
     gv = ncs_view(gate) if gate is not None else ov
     rows = rows_view(ov, v1, v2, gv)
     geo = geometry(rows, one_tile_per_program=True)
-    meta = geo.meta()
+    meta = geo.meta(hints=False)
     meta.update(
         GATE=0 if gate is None else 2 if gate_output else 1,
         RELU=relu,

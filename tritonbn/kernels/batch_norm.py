@@ -142,6 +142,29 @@ def _next_tile(nb, sb, SB):
 
 
 @_device
+def _aligned(v, VEC: tl.constexpr):
+    """``v``, known to the compiler as a multiple of VEC (the launcher guarantees that it is one).
+
+    Triton specialises an integer argument divisible by 16 and nothing finer, so a stride of 196 or 1000
+    would otherwise count as odd and every access along the contiguous axis would be scalar; ``(v // VEC)
+    * VEC`` (two scalar instructions per program) gives the axis analysis the divisibility that lets
+    tiles load and store 8-16 bytes per instruction."""
+    if VEC > 1:
+        v = (v // VEC) * VEC
+    return v
+
+
+@_device
+def _aligned_strides(sn, ss, sc, VEC: tl.constexpr, INNER_C: tl.constexpr):
+    """The strides of the two axes that are not the tile's contiguous one (C with INNER_C, else S), marked
+    multiples of VEC."""
+    if INNER_C:
+        return _aligned(sn, VEC), _aligned(ss, VEC), sc
+    else:
+        return _aligned(sn, VEC), ss, _aligned(sc, VEC)
+
+
+@_device
 def _sum_nc(t):
     """Sum over the tile's rows: (BLOCK_N·BLOCK_S, BLOCK_C) -> (BLOCK_C,)."""
     return tl.sum(t, axis=0)
@@ -246,13 +269,12 @@ def _sum_partials(part_ptr, offs_c, m_c, P, C, BLOCK_P: tl.constexpr, BLOCK_C: t
 
 @_device
 def _program(C, BLOCK_C: tl.constexpr):
-    """(channel block, chunk, first channel, channel offsets, channel mask) of this program."""
-    CB = tl.cdiv(C, BLOCK_C)
-    pid = tl.program_id(0)
-    pid_c = pid % CB
+    """(channel block, chunk, first channel, channel offsets, channel mask) of this program: the grid is
+    (channel blocks, chunks), so nothing is divided."""
+    pid_c = tl.program_id(0)
     c0 = pid_c * BLOCK_C
     offs_c = c0 + tl.arange(0, BLOCK_C)
-    return pid_c, pid // CB, c0, offs_c, offs_c < C
+    return pid_c, tl.program_id(1), c0, offs_c, offs_c < C
 
 
 @_device
@@ -343,6 +365,8 @@ def bn_forward_stats_kernel(
     WIDE: tl.constexpr,
     ONE_S_BLOCK: tl.constexpr,
     SAME_STRIDES: tl.constexpr,
+    VEC: tl.constexpr,
+    INNER_C: tl.constexpr,
     SINGLE: tl.constexpr,
     HAS_W: tl.constexpr,
     HAS_B: tl.constexpr,
@@ -372,6 +396,13 @@ def bn_forward_stats_kernel(
         srn = sxn
         srs = sxs
         src = sxc
+    sxn, sxs, sxc = _aligned_strides(sxn, sxs, sxc, VEC, INNER_C)
+    syn, sys_, syc = _aligned_strides(syn, sys_, syc, VEC, INNER_C)
+    srn, srs, src = _aligned_strides(srn, srs, src, VEC, INNER_C)
+    if INNER_C:
+        C = _aligned(C, VEC)
+    else:
+        S = _aligned(S, VEC)
     rel_x = _rel_offsets(sxn, sxs, sxc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
     part_ptr = stats_ptr + 4 * C
     t0 = pid_p * TPP
@@ -520,6 +551,8 @@ def bn_forward_apply_kernel(
     WIDE: tl.constexpr,
     ONE_S_BLOCK: tl.constexpr,
     SAME_STRIDES: tl.constexpr,
+    VEC: tl.constexpr,
+    INNER_C: tl.constexpr,
     EVAL: tl.constexpr,
     HAS_W: tl.constexpr,
     HAS_B: tl.constexpr,
@@ -542,6 +575,13 @@ def bn_forward_apply_kernel(
         srn = sxn
         srs = sxs
         src = sxc
+    sxn, sxs, sxc = _aligned_strides(sxn, sxs, sxc, VEC, INNER_C)
+    syn, sys_, syc = _aligned_strides(syn, sys_, syc, VEC, INNER_C)
+    srn, srs, src = _aligned_strides(srn, srs, src, VEC, INNER_C)
+    if INNER_C:
+        C = _aligned(C, VEC)
+    else:
+        S = _aligned(S, VEC)
     if EVAL:
         mean = tl.load(rm_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
         var = tl.load(rv_ptr + offs_c, mask=m_c, other=1.0).to(ACC)
@@ -636,6 +676,8 @@ def bn_backward_reduce_kernel(
     WIDE: tl.constexpr,
     ONE_S_BLOCK: tl.constexpr,
     SAME_STRIDES: tl.constexpr,
+    VEC: tl.constexpr,
+    INNER_C: tl.constexpr,
     SINGLE: tl.constexpr,
     STATS_GRAD: tl.constexpr,
     GATE: tl.constexpr,
@@ -671,6 +713,14 @@ def bn_backward_reduce_kernel(
         sdn = sgn
         sds = sgs
         sdc = sgc
+    sgn, sgs, sgc = _aligned_strides(sgn, sgs, sgc, VEC, INNER_C)
+    sxn, sxs, sxc = _aligned_strides(sxn, sxs, sxc, VEC, INNER_C)
+    syn, sys_, syc = _aligned_strides(syn, sys_, syc, VEC, INNER_C)
+    sdn, sds, sdc = _aligned_strides(sdn, sds, sdc, VEC, INNER_C)
+    if INNER_C:
+        C = _aligned(C, VEC)
+    else:
+        S = _aligned(S, VEC)
     mean = tl.load(stats_ptr + offs_c, mask=m_c, other=0.0)
     invstd = tl.load(stats_ptr + C + offs_c, mask=m_c, other=0.0)
     scale = invstd
@@ -870,6 +920,8 @@ def bn_backward_dx_kernel(
     WIDE: tl.constexpr,
     ONE_S_BLOCK: tl.constexpr,
     SAME_STRIDES: tl.constexpr,
+    VEC: tl.constexpr,
+    INNER_C: tl.constexpr,
     STATS_GRAD: tl.constexpr,
     GATE: tl.constexpr,
     WRITE_DX: tl.constexpr,
@@ -894,6 +946,14 @@ def bn_backward_dx_kernel(
         sdn = sgn
         sds = sgs
         sdc = sgc
+    sgn, sgs, sgc = _aligned_strides(sgn, sgs, sgc, VEC, INNER_C)
+    sxn, sxs, sxc = _aligned_strides(sxn, sxs, sxc, VEC, INNER_C)
+    syn, sys_, syc = _aligned_strides(syn, sys_, syc, VEC, INNER_C)
+    sdn, sds, sdc = _aligned_strides(sdn, sds, sdc, VEC, INNER_C)
+    if INNER_C:
+        C = _aligned(C, VEC)
+    else:
+        S = _aligned(S, VEC)
     if STATS_GRAD:
         scale = tl.load(coef_ptr + offs_c, mask=m_c, other=0.0)
         beta = tl.load(coef_ptr + C + offs_c, mask=m_c, other=0.0)
