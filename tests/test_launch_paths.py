@@ -27,6 +27,8 @@ POLICIES = {
     "chunk-loops": dict(tile=8, single=0, programs=2),
     "ragged-chunks": dict(tile=8, single=0, programs=3),
     "merge-loops": dict(tile=4, single=0, programs=1 << 20, merge_block=2),
+    # the launcher's floor on tiles per program (3: chunks of 3 tiles and a ragged last one)
+    "min-tiles": dict(tile=8, single=0, programs=1 << 20, min_tiles=3),
 }
 
 SHAPES = {

@@ -118,11 +118,18 @@ SINGLE_MAX_ELEMENTS = 1 << 15 if INTERPRET else 8192
 """A channel block whose rows fit a tile of at most this many elements runs in one program (one launch)."""
 TARGET_PROGRAMS = 64 if INTERPRET else 1024
 """Programs aimed at per launch (an H100/H200 holds ~2000 resident 4-warp programs over 132 SMs)."""
+MIN_TILES_PER_PROGRAM = 4
+"""A program of a multi-tile pass loops over at least this many tiles (when its channel block has them):
+its fixed instructions (setup, partials, ticket) are spread over a loop of at least 8192 elements."""
 MERGE_MAX_VALUES = 16384
 """Bound on partials x channel-block width merged by one program (the tail of a reduction)."""
 MERGE_BLOCK_VALUES = 4096
 """Partials x channels a merging program loads per step (more partials: a loop)."""
 NUM_WARPS = 4
+MIN_UNMASKED_RUN = 16
+"""Channels-outermost tiles take position blocks that divide S (no mask on S) when S has a power-of-two
+factor of at least this many positions (a contiguous run of 32 bytes or more per sample) and the tile stays
+at least half full."""
 _COUNT_EXACT = 1 << 24  # a chunk's element count stays exact in float32
 
 
@@ -295,12 +302,22 @@ def geometry(
     bc = min(pc, 64) if inner else 1
     bs = min(ps, max(1, tile // bc))
     bn = min(pn, max(1, tile // (bc * bs)))
+    run = S & -S  # the largest power of two dividing S
+    if (
+        not inner
+        and S % bs != 0
+        and run >= MIN_UNMASKED_RUN
+        and min(pn, tile // min(run, tile)) * min(run, tile) * 2 >= tile
+    ):
+        # position blocks that divide S (56 x 56 = 64 x 49, 28 x 28 = 16 x 49): no mask on S, and more samples
+        bs = min(run, tile)
+        bn = min(pn, max(1, tile // bs))
     SB, NB, CB = triton.cdiv(S, bs), triton.cdiv(N, bn), triton.cdiv(C, bc)
     T = NB * SB
     if one_tile_per_program:
         TPP, P = 1, T
     else:
-        P = min(T, max(1, TARGET_PROGRAMS // CB), max(1, MERGE_MAX_VALUES // bc))
+        P = min(T, max(1, TARGET_PROGRAMS // CB), max(1, MERGE_MAX_VALUES // bc), max(1, T // MIN_TILES_PER_PROGRAM))
         TPP = max(triton.cdiv(T, P), 1)
         TPP = min(TPP, max(1, _COUNT_EXACT // (bn * bs)))
         P = triton.cdiv(T, TPP)

@@ -165,6 +165,16 @@ def _aligned_strides(sn, ss, sc, VEC: tl.constexpr, INNER_C: tl.constexpr):
 
 
 @_device
+def _load_zero_rows(base, rel, mask, ROW_MASK: tl.constexpr, ACC: tl.constexpr):
+    """A tile in the accumulation dtype, 0 on rows masked off along N or S (with ROW_MASK); lanes of channels
+    past C (MASK_C alone) are left unset: every channel's sums stay in its own lanes, which are never stored."""
+    if ROW_MASK:
+        return tl.load(base + rel, mask=mask, other=0.0).to(ACC)
+    else:
+        return tl.load(base + rel, mask=mask).to(ACC)
+
+
+@_device
 def _sum_nc(t):
     """Sum over the tile's rows: (BLOCK_N·BLOCK_S, BLOCK_C) -> (BLOCK_C,)."""
     return tl.sum(t, axis=0)
@@ -414,10 +424,14 @@ def bn_forward_stats_kernel(
         s0 = sb * BLOCK_S
     k_x = tl.load(x_ptr + _off(n0, s0, offs_c, sxn, sxs, sxc, WIDE), mask=m_c)
     k = k_x.to(ACC)
-    k_other = tl.zeros([BLOCK_N * BLOCK_S, BLOCK_C], dtype=x_ptr.dtype.element_ty) + k_x[None, :]
+    # lanes masked off along N or S read K (d = 0 adds nothing); lanes of channels past C are never stored
+    k_other = tl.broadcast_to(k_x[None, :], [BLOCK_N * BLOCK_S, BLOCK_C])
     if SINGLE:
         mask = _tile_mask(n0, s0, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C)
-        d = tl.load((x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE)) + rel_x, mask=mask, other=k_other).to(ACC)
+        if MASK_N or MASK_S:
+            d = tl.load((x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE)) + rel_x, mask=mask, other=k_other).to(ACC)
+        else:
+            d = tl.load((x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE)) + rel_x, mask=mask).to(ACC)
         d = d - k[None, :]
         sd = _sum_nc(d)
         sdd = _sum_nc(d * d)
@@ -474,7 +488,10 @@ def bn_forward_stats_kernel(
             else:
                 s0 = sb * BLOCK_S
             mask = _tile_mask(n0, s0, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C)
-            x = tl.load((x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE)) + rel_x, mask=mask, other=k_other)
+            if MASK_N or MASK_S:
+                x = tl.load((x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE)) + rel_x, mask=mask, other=k_other)
+            else:
+                x = tl.load((x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE)) + rel_x, mask=mask)
             d = x.to(ACC) - k[None, :]
             acc_d += d
             acc_dd += d * d
@@ -741,7 +758,7 @@ def bn_backward_reduce_kernel(
         n0 = nb * BLOCK_N
         s0 = nb * 0
         mask = _tile_mask(n0, s0, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C)
-        g = tl.load((dy_ptr + _off(n0, s0, c0, sgn, sgs, sgc, WIDE)) + rel_g, mask=mask, other=0.0).to(ACC)
+        g = _load_zero_rows(dy_ptr + _off(n0, s0, c0, sgn, sgs, sgc, WIDE), rel_g, mask, MASK_N or MASK_S, ACC)
         if GATE:
             gate = tl.load((y_ptr + _off(n0, s0, c0, syn, sys_, syc, WIDE)) + rel_y, mask=mask)
             g = tl.where(gate > 0, g, 0.0)
@@ -752,7 +769,7 @@ def bn_backward_reduce_kernel(
         sum_g = _sum_nc(g)
         if NEED_XMU:
             # masked lanes: g = 0, so x - mean (finite) adds nothing
-            x = tl.load((x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE)) + rel_x, mask=mask, other=0.0).to(ACC)
+            x = _load_zero_rows(x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE), rel_x, mask, MASK_N or MASK_S, ACC)
             xm = x - mean[None, :]
             sum_gx = _sum_nc(g * xm)
         else:
@@ -793,13 +810,13 @@ def bn_backward_reduce_kernel(
             else:
                 s0 = sb * BLOCK_S
             mask = _tile_mask(n0, s0, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C)
-            g = tl.load((dy_ptr + _off(n0, s0, c0, sgn, sgs, sgc, WIDE)) + rel_g, mask=mask, other=0.0).to(ACC)
+            g = _load_zero_rows(dy_ptr + _off(n0, s0, c0, sgn, sgs, sgc, WIDE), rel_g, mask, MASK_N or MASK_S, ACC)
             if GATE:
                 gate = tl.load((y_ptr + _off(n0, s0, c0, syn, sys_, syc, WIDE)) + rel_y, mask=mask)
                 g = tl.where(gate > 0, g, 0.0)
             acc_g += g
             if NEED_XMU:
-                x = tl.load((x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE)) + rel_x, mask=mask, other=0.0).to(ACC)
+                x = _load_zero_rows(x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE), rel_x, mask, MASK_N or MASK_S, ACC)
                 acc_gx += g * (x - mean[None, :])  # g is 0 on masked lanes
             if WRITE_DX:
                 dx = g * scale[None, :]
