@@ -339,7 +339,7 @@ def sass_stats(sass: str) -> tuple[int, int, int]:
     while instrs and instrs[-1][1] in ("NOP", "BRA"):
         instrs.pop()
     common = next(
-        (i + 1 for i, (_, op, _) in enumerate(instrs) if op.startswith(("ATOMG", "ATOM.", "RED"))), len(instrs)
+        (i + 1 for i, (_, op, _) in enumerate(instrs) if op.startswith(("ATOMG", "ATOM.", "REDG", "RED."))), len(instrs)
     )
     addr_index = {a: i for i, (a, _, _) in enumerate(instrs)}
     loops = []
@@ -505,6 +505,8 @@ def run(quick: bool, jobs: int, archs=ARCHS, progress: bool = True) -> list[dict
     """Record, specialise and compile; returns one row per (specialisation, arch)."""
     from tritonbn import provenance
 
+    # FP contraction on, as the JIT compiles by default (newer triton warns when it is left unset)
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     prov = provenance.collect("cpu")
     prov.update(gpu="", compute_capability="", cuda="", cudnn="")
     launches = record(cases(quick))

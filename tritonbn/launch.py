@@ -120,7 +120,9 @@ TARGET_PROGRAMS = 64 if INTERPRET else 1024
 """Programs aimed at per launch (an H100/H200 holds ~2000 resident 4-warp programs over 132 SMs)."""
 MIN_TILES_PER_PROGRAM = 4
 """A program of a multi-tile pass loops over at least this many tiles (when its channel block has them):
-its fixed instructions (setup, partials, ticket) are spread over a loop of at least 8192 elements."""
+its fixed instructions (setup, partials, ticket) are spread over a loop of at least 8192 elements ..."""
+MIN_PROGRAMS = 1 if INTERPRET else 256
+"""... unless that leaves fewer programs than this (about two per SM of an H100/H200): then shorter loops."""
 MERGE_MAX_VALUES = 16384
 """Bound on partials x channel-block width merged by one program (the tail of a reduction)."""
 MERGE_BLOCK_VALUES = 4096
@@ -317,7 +319,8 @@ def geometry(
     if one_tile_per_program:
         TPP, P = 1, T
     else:
-        P = min(T, max(1, TARGET_PROGRAMS // CB), max(1, MERGE_MAX_VALUES // bc), max(1, T // MIN_TILES_PER_PROGRAM))
+        floor = max(T // MIN_TILES_PER_PROGRAM, triton.cdiv(MIN_PROGRAMS, CB))  # long loops, a full GPU
+        P = min(T, max(1, TARGET_PROGRAMS // CB), max(1, MERGE_MAX_VALUES // bc), max(1, floor))
         TPP = max(triton.cdiv(T, P), 1)
         TPP = min(TPP, max(1, _COUNT_EXACT // (bn * bs)))
         P = triton.cdiv(T, TPP)

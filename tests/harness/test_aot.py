@@ -88,6 +88,9 @@ def test_merge_after_the_ticket_is_not_the_element_loop():
     element loop nor on the common path a program's instructions per element are counted from."""
     total, loop, common = aot.sass_stats(_SASS_TICKET)
     assert (total, loop, common) == (13, 0, 6)
+    # a warp-level integer reduction (REDUX) is not a global atomic: the loop after it is still found
+    redux = _SASS.replace("S2R R0, SR_CTAID.X", "REDUX.SUM UR4, R3")
+    assert aot.sass_stats(redux) == (7, 4, 7)
 
 
 def _row(**kw):
