@@ -278,7 +278,7 @@ def geometry(
             bc //= 2
         if pn * ps * bc <= SINGLE_MAX_ELEMENTS:
             elems = pn * ps * bc
-            warps = max(1, min(16, elems // (512 * scale)))
+            warps = max(1, min(16, elems // (256 if wide_acc else 512 * scale)))
             return Geometry(
                 pn,
                 ps,
@@ -300,7 +300,8 @@ def geometry(
                 vec,
                 inner,
             )
-    tile = TILE_ELEMENTS * (1 if reduces else scale)
+    # float64: tiles of the same bytes as float32's (two registers per value)
+    tile = TILE_ELEMENTS * (1 if reduces else scale) // (2 if wide_acc else 1)
     bc = min(pc, 64) if inner else 1
     bs = min(ps, max(1, tile // bc))
     bn = min(pn, max(1, tile // (bc * bs)))
@@ -324,7 +325,7 @@ def geometry(
         TPP = max(triton.cdiv(T, P), 1)
         TPP = min(TPP, max(1, _COUNT_EXACT // (bn * bs)))
         P = triton.cdiv(T, TPP)
-    block_p = min(_p2(P), max(1, MERGE_BLOCK_VALUES // bc))
+    block_p = min(_p2(P), max(1, MERGE_BLOCK_VALUES // (2 if wide_acc else 1) // bc))
     return Geometry(
         bn,
         bs,

@@ -232,33 +232,38 @@ def _update_running(rm_ptr, rv_ptr, offs_c, m_c, mean, var, mom_hi, mom_lo, unb_
 
 
 @_device
-def _merge_partials(part_ptr, offs_c, m_c, P, C, M, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+def _merge_partials(
+    part_ptr, offs_c, m_c, c0, P, C, M, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr
+):
     """Merge P (mean, M2, count) partials per channel with Chan's parallel formula, in partial order.
 
     mean = m_0 + Σ n_p (m_p - m_0) / M   (shifted by the first partial's mean)
     M2   = Σ M2_p + Σ n_p (m_p - mean)²
-    Returns the mean and the biased variance M2 / M. The partials are laid out (3, P, C).
+    Returns the mean and the biased variance M2 / M. The partials are laid out (3, P, C); a chunk's count
+    is the same for every channel of its block, so it is read once per partial (from channel c0).
     """
     m0 = tl.load(part_ptr + offs_c, mask=m_c, other=0.0, cache_modifier=".cg").to(ACC)
     acc = tl.zeros([BLOCK_C], dtype=ACC)
     for p0 in range(0, P, BLOCK_P):
         offs_p = p0 + tl.arange(0, BLOCK_P)
-        mask = (offs_p < P)[:, None] & m_c[None, :]
+        m_p = offs_p < P
+        mask = m_p[:, None] & m_c[None, :]
         offs = offs_p.to(tl.int64)[:, None] * C + offs_c[None, :]
         mp = tl.load(part_ptr + offs, mask=mask, other=0.0, cache_modifier=".cg").to(ACC)
-        cnt = tl.load(part_ptr + 2 * P * C + offs, mask=mask, other=0.0, cache_modifier=".cg").to(ACC)
-        acc += tl.sum(cnt * (mp - m0[None, :]), axis=0)
+        cnt = tl.load(part_ptr + 2 * P * C + offs_p.to(tl.int64) * C + c0, mask=m_p, other=0.0, cache_modifier=".cg")
+        acc += tl.sum(cnt.to(ACC)[:, None] * (mp - m0[None, :]), axis=0)
     mean = m0 + acc / M
     m2 = tl.zeros([BLOCK_C], dtype=ACC)
     for p0 in range(0, P, BLOCK_P):
         offs_p = p0 + tl.arange(0, BLOCK_P)
-        mask = (offs_p < P)[:, None] & m_c[None, :]
+        m_p = offs_p < P
+        mask = m_p[:, None] & m_c[None, :]
         offs = offs_p.to(tl.int64)[:, None] * C + offs_c[None, :]
         mp = tl.load(part_ptr + offs, mask=mask, other=0.0, cache_modifier=".cg").to(ACC)
         m2p = tl.load(part_ptr + P * C + offs, mask=mask, other=0.0, cache_modifier=".cg").to(ACC)
-        cnt = tl.load(part_ptr + 2 * P * C + offs, mask=mask, other=0.0, cache_modifier=".cg").to(ACC)
+        cnt = tl.load(part_ptr + 2 * P * C + offs_p.to(tl.int64) * C + c0, mask=m_p, other=0.0, cache_modifier=".cg")
         dm = mp - mean[None, :]
-        m2 += tl.sum(m2p + cnt * dm * dm, axis=0)
+        m2 += tl.sum(m2p + cnt.to(ACC)[:, None] * dm * dm, axis=0)
     return mean, m2 / M
 
 
@@ -508,7 +513,7 @@ def bn_forward_stats_kernel(
         tl.store(part_ptr + P * C + p_out, _clamp0(sdd - sd * sd / n), mask=m_c)
         tl.store(part_ptr + 2 * P * C + p_out, tl.zeros([BLOCK_C], dtype=ACC) + n, mask=m_c)
         if _last_program(lock_ptr, pid_c, P):
-            mean, var = _merge_partials(part_ptr, offs_c, m_c, P, C, M, BLOCK_P, BLOCK_C, ACC)
+            mean, var = _merge_partials(part_ptr, offs_c, m_c, c0, P, C, M, BLOCK_P, BLOCK_C, ACC)
             _forward_tail(
                 w_ptr,
                 rm_ptr,
