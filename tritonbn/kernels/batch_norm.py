@@ -175,6 +175,44 @@ def _load_zero_rows(base, rel, mask, ROW_MASK: tl.constexpr, ACC: tl.constexpr):
 
 
 @_device
+def _other_strides(sn, ss, sc, on, os_, oc, SAME_STRIDES: tl.constexpr, VEC: tl.constexpr, INNER_C: tl.constexpr):
+    """Another tensor's strides (on, os_, oc), marked aligned like the first tensor's (sn, ss, sc), which
+    they are with SAME_STRIDES."""
+    if SAME_STRIDES:
+        return sn, ss, sc
+    else:
+        return _aligned_strides(on, os_, oc, VEC, INNER_C)
+
+
+@_device
+def _aligned_extents(S, C, VEC: tl.constexpr, INNER_C: tl.constexpr):
+    """(S, C) with the contiguous axis's size marked a multiple of VEC."""
+    if INNER_C:
+        return S, _aligned(C, VEC)
+    else:
+        return _aligned(S, VEC), C
+
+
+@_device
+def _other_rel(
+    rel,
+    sn,
+    ss,
+    sc,
+    SAME_STRIDES: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    WIDE: tl.constexpr,
+):
+    """Another tensor's tile offsets: the first tensor's (``rel``) with SAME_STRIDES."""
+    if SAME_STRIDES:
+        return rel
+    else:
+        return _rel_offsets(sn, ss, sc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+
+
+@_device
 def _sum_nc(t):
     """Sum over the tile's rows: (BLOCK_N·BLOCK_S, BLOCK_C) -> (BLOCK_C,)."""
     return tl.sum(t, axis=0)
@@ -404,20 +442,10 @@ def bn_forward_stats_kernel(
     SAME_STRIDES: y and the residual have x's strides.
     """
     pid_c, pid_p, c0, offs_c, m_c = _program(C, BLOCK_C)
-    if SAME_STRIDES:
-        syn = sxn
-        sys_ = sxs
-        syc = sxc
-        srn = sxn
-        srs = sxs
-        src = sxc
     sxn, sxs, sxc = _aligned_strides(sxn, sxs, sxc, VEC, INNER_C)
-    syn, sys_, syc = _aligned_strides(syn, sys_, syc, VEC, INNER_C)
-    srn, srs, src = _aligned_strides(srn, srs, src, VEC, INNER_C)
-    if INNER_C:
-        C = _aligned(C, VEC)
-    else:
-        S = _aligned(S, VEC)
+    syn, sys_, syc = _other_strides(sxn, sxs, sxc, syn, sys_, syc, SAME_STRIDES, VEC, INNER_C)
+    srn, srs, src = _other_strides(sxn, sxs, sxc, srn, srs, src, SAME_STRIDES, VEC, INNER_C)
+    S, C = _aligned_extents(S, C, VEC, INNER_C)
     rel_x = _rel_offsets(sxn, sxs, sxc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
     part_ptr = stats_ptr + 4 * C
     t0 = pid_p * TPP
@@ -469,17 +497,11 @@ def bn_forward_stats_kernel(
             shift += tl.load(b_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
         y = d * scale[None, :] + shift[None, :]
         if HAS_RES:
-            if SAME_STRIDES:
-                rel_r = rel_x
-            else:
-                rel_r = _rel_offsets(srn, srs, src, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+            rel_r = _other_rel(rel_x, srn, srs, src, SAME_STRIDES, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
             y += tl.load((res_ptr + _off(n0, s0, c0, srn, srs, src, WIDE)) + rel_r, mask=mask).to(ACC)
         if RELU:
             y = _relu(y)
-        if SAME_STRIDES:
-            rel_y = rel_x
-        else:
-            rel_y = _rel_offsets(syn, sys_, syc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+        rel_y = _other_rel(rel_x, syn, sys_, syc, SAME_STRIDES, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
         tl.store((y_ptr + _off(n0, s0, c0, syn, sys_, syc, WIDE)) + rel_y, y.to(y_ptr.dtype.element_ty), mask=mask)
     else:
         t1 = tl.minimum(t0 + TPP, T)
@@ -590,20 +612,10 @@ def bn_forward_apply_kernel(
     ``stats`` (mean, invstd, scale, running var) for the backward.
     """
     pid_c, pid_p, c0, offs_c, m_c = _program(C, BLOCK_C)
-    if SAME_STRIDES:
-        syn = sxn
-        sys_ = sxs
-        syc = sxc
-        srn = sxn
-        srs = sxs
-        src = sxc
     sxn, sxs, sxc = _aligned_strides(sxn, sxs, sxc, VEC, INNER_C)
-    syn, sys_, syc = _aligned_strides(syn, sys_, syc, VEC, INNER_C)
-    srn, srs, src = _aligned_strides(srn, srs, src, VEC, INNER_C)
-    if INNER_C:
-        C = _aligned(C, VEC)
-    else:
-        S = _aligned(S, VEC)
+    syn, sys_, syc = _other_strides(sxn, sxs, sxc, syn, sys_, syc, SAME_STRIDES, VEC, INNER_C)
+    srn, srs, src = _other_strides(sxn, sxs, sxc, srn, srs, src, SAME_STRIDES, VEC, INNER_C)
+    S, C = _aligned_extents(S, C, VEC, INNER_C)
     if EVAL:
         mean = tl.load(rm_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
         var = tl.load(rv_ptr + offs_c, mask=m_c, other=1.0).to(ACC)
@@ -624,12 +636,8 @@ def bn_forward_apply_kernel(
     else:
         bias = mean * 0.0
     rel_x = _rel_offsets(sxn, sxs, sxc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
-    if SAME_STRIDES:
-        rel_y = rel_x
-        rel_r = rel_x
-    else:
-        rel_y = _rel_offsets(syn, sys_, syc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
-        rel_r = _rel_offsets(srn, srs, src, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+    rel_y = _other_rel(rel_x, syn, sys_, syc, SAME_STRIDES, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+    rel_r = _other_rel(rel_x, srn, srs, src, SAME_STRIDES, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
     t0 = pid_p * TPP
     t1 = tl.minimum(t0 + TPP, T)
     nb, sb = _tile_start(t0, SB, BLOCK_N, BLOCK_S, WIDE)
@@ -725,38 +733,20 @@ def bn_backward_reduce_kernel(
     share the strides of ``dx``; SAME_STRIDES: every tensor has dy's strides.
     """
     pid_c, pid_p, c0, offs_c, m_c = _program(C, BLOCK_C)
-    if SAME_STRIDES:
-        sxn = sgn
-        sxs = sgs
-        sxc = sgc
-        syn = sgn
-        sys_ = sgs
-        syc = sgc
-        sdn = sgn
-        sds = sgs
-        sdc = sgc
     sgn, sgs, sgc = _aligned_strides(sgn, sgs, sgc, VEC, INNER_C)
-    sxn, sxs, sxc = _aligned_strides(sxn, sxs, sxc, VEC, INNER_C)
-    syn, sys_, syc = _aligned_strides(syn, sys_, syc, VEC, INNER_C)
-    sdn, sds, sdc = _aligned_strides(sdn, sds, sdc, VEC, INNER_C)
-    if INNER_C:
-        C = _aligned(C, VEC)
-    else:
-        S = _aligned(S, VEC)
+    sxn, sxs, sxc = _other_strides(sgn, sgs, sgc, sxn, sxs, sxc, SAME_STRIDES, VEC, INNER_C)
+    syn, sys_, syc = _other_strides(sgn, sgs, sgc, syn, sys_, syc, SAME_STRIDES, VEC, INNER_C)
+    sdn, sds, sdc = _other_strides(sgn, sgs, sgc, sdn, sds, sdc, SAME_STRIDES, VEC, INNER_C)
+    S, C = _aligned_extents(S, C, VEC, INNER_C)
     mean = tl.load(stats_ptr + offs_c, mask=m_c, other=0.0)
     invstd = tl.load(stats_ptr + C + offs_c, mask=m_c, other=0.0)
     scale = invstd
     if HAS_W:
         scale = scale * tl.load(w_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
     rel_g = _rel_offsets(sgn, sgs, sgc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
-    if SAME_STRIDES:
-        rel_x = rel_g
-        rel_y = rel_g
-        rel_d = rel_g
-    else:
-        rel_x = _rel_offsets(sxn, sxs, sxc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
-        rel_y = _rel_offsets(syn, sys_, syc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
-        rel_d = _rel_offsets(sdn, sds, sdc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+    rel_x = _other_rel(rel_g, sxn, sxs, sxc, SAME_STRIDES, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+    rel_y = _other_rel(rel_g, syn, sys_, syc, SAME_STRIDES, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+    rel_d = _other_rel(rel_g, sdn, sds, sdc, SAME_STRIDES, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
     t0 = pid_p * TPP
     nb, sb = _tile_start(t0, SB, BLOCK_N, BLOCK_S, WIDE)
     if SINGLE:
@@ -958,24 +948,11 @@ def bn_backward_dx_kernel(
     WRITE_DRES also writes g, a fused add + ReLU's residual gradient (with the strides of dx).
     """
     pid_c, pid_p, c0, offs_c, m_c = _program(C, BLOCK_C)
-    if SAME_STRIDES:
-        sxn = sgn
-        sxs = sgs
-        sxc = sgc
-        syn = sgn
-        sys_ = sgs
-        syc = sgc
-        sdn = sgn
-        sds = sgs
-        sdc = sgc
     sgn, sgs, sgc = _aligned_strides(sgn, sgs, sgc, VEC, INNER_C)
-    sxn, sxs, sxc = _aligned_strides(sxn, sxs, sxc, VEC, INNER_C)
-    syn, sys_, syc = _aligned_strides(syn, sys_, syc, VEC, INNER_C)
-    sdn, sds, sdc = _aligned_strides(sdn, sds, sdc, VEC, INNER_C)
-    if INNER_C:
-        C = _aligned(C, VEC)
-    else:
-        S = _aligned(S, VEC)
+    sxn, sxs, sxc = _other_strides(sgn, sgs, sgc, sxn, sxs, sxc, SAME_STRIDES, VEC, INNER_C)
+    syn, sys_, syc = _other_strides(sgn, sgs, sgc, syn, sys_, syc, SAME_STRIDES, VEC, INNER_C)
+    sdn, sds, sdc = _other_strides(sgn, sgs, sgc, sdn, sds, sdc, SAME_STRIDES, VEC, INNER_C)
+    S, C = _aligned_extents(S, C, VEC, INNER_C)
     if STATS_GRAD:
         scale = tl.load(coef_ptr + offs_c, mask=m_c, other=0.0)
         beta = tl.load(coef_ptr + C + offs_c, mask=m_c, other=0.0)
@@ -986,14 +963,9 @@ def bn_backward_dx_kernel(
         if HAS_W:
             scale = scale * tl.load(w_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
     rel_g = _rel_offsets(sgn, sgs, sgc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
-    if SAME_STRIDES:
-        rel_x = rel_g
-        rel_y = rel_g
-        rel_d = rel_g
-    else:
-        rel_x = _rel_offsets(sxn, sxs, sxc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
-        rel_y = _rel_offsets(syn, sys_, syc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
-        rel_d = _rel_offsets(sdn, sds, sdc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+    rel_x = _other_rel(rel_g, sxn, sxs, sxc, SAME_STRIDES, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+    rel_y = _other_rel(rel_g, syn, sys_, syc, SAME_STRIDES, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+    rel_d = _other_rel(rel_g, sdn, sds, sdc, SAME_STRIDES, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
     t0 = pid_p * TPP
     t1 = tl.minimum(t0 + TPP, T)
     nb, sb = _tile_start(t0, SB, BLOCK_N, BLOCK_S, WIDE)
