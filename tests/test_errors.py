@@ -83,6 +83,8 @@ MORE_BAD_CALLS = {
     "momentum-none": lambda x: ((x, _ones(3), _ones(3)), {"training": True, "momentum": None}),
     "one-dim-input-eval": lambda x: ((x[0, 0], _ones(5), _ones(5)), {}),
     "two-dim-running-mean": lambda x: ((x, torch.zeros(1, 3), _ones(3)), {"training": True}),
+    "one-value-per-channel-2d": lambda x: ((x[:1, :, 0], None, None), {"training": True}),
+    "one-sample-no-channels": lambda x: ((x[:1, :0, :1], None, None), {"training": True}),
     "half-input-double-stats": lambda x: ((x.half(), _ones(3, torch.float64), _ones(3, torch.float64)), {}),
     "double-input-float-weight": lambda x: (
         (x.double(), _ones(3, torch.float64), _ones(3, torch.float64)),

@@ -40,7 +40,8 @@ def uses_triton(t: torch.Tensor) -> bool:
 
 def _check_inputs(input, running_mean, running_var, weight, bias, training, eps) -> None:
     """Raise what ``torch.nn.functional.batch_norm`` raises, with the same type and message."""
-    if training:
+    if training and (input.dim() < 2 or input.shape[1] == 0 or input.numel() == input.shape[1]):
+        # one value per channel, or a shape torch's check must judge (it is the only case it can raise)
         F._verify_batch_size(input.size())
     if training and eps <= 0.0:
         raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
