@@ -37,6 +37,14 @@ from typing import TextIO
 
 from tritonbn.schema import unique_path
 
+
+def _sigint_default() -> None:
+    """In a child, before exec: SIGINT back to its default. A process started in the background by a
+    non-interactive shell (``cmd &``) ignores SIGINT, and its children inherit that, so a capped pytest
+    would never write its report; with the default restored, Python turns SIGINT into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 __all__ = ["FINAL_RESERVE_S", "Session", "SessionInterrupted", "Step", "StepResult", "process_age"]
 
 #: Seconds kept back from the budget to write the summary and the archive.
@@ -183,6 +191,7 @@ class Session:
             text=True,
             errors="replace",
             start_new_session=True,
+            preexec_fn=_sigint_default,
         )
 
         def pump():
