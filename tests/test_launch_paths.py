@@ -181,7 +181,7 @@ def test_alignment_told_to_the_kernels(shape, layout, vec, inner):
     (channel blocks, chunks)."""
     x = torch.empty(shape).to(memory_format=torch.channels_last) if layout == "channels_last" else torch.empty(shape)
     rows = launch.rows_view(launch.ncs_view(x), launch.ncs_view(torch.empty_like(x)))
-    for kw in ({}, {"single_ok": False}, {"single_ok": False, "reduces": False}):
+    for kw in ({}, {"single_ok": False}, {"single_ok": False, "wide_acc": True}):
         geo = launch.geometry(rows, **kw)
         assert (vec, inner) == (geo.VEC, geo.INNER_C)
         assert geo.grid == (geo.CB, geo.P) and geo.meta()["VEC"] == vec
@@ -206,7 +206,7 @@ def test_programs_loop_over_tiles_and_fill_the_gpu(monkeypatch, shape, layout):
         x = torch.empty(shape)
         x = x.to(memory_format=torch.channels_last) if layout == "channels_last" else x
         rows = launch.rows_view(launch.ncs_view(x), launch.ncs_view(torch.empty_like(x)))
-        for geo in (launch.geometry(rows, single_ok=False), launch.geometry(rows, single_ok=False, reduces=False)):
+        for geo in (launch.geometry(rows, single_ok=False), launch.geometry(rows, single_ok=False, wide_acc=True)):
             programs = geo.CB * geo.P
             assert geo.P <= geo.T and geo.P * geo.TPP >= geo.T > (geo.P - 1) * geo.TPP
             assert 2 * programs >= min(256, geo.CB * geo.T)  # (chunks of equal length: P rounds down)

@@ -110,10 +110,9 @@ def _tl_acc(dtype: torch.dtype):
 TILE_ELEMENTS = 1 << 14 if INTERPRET else 2048
 """Elements per loop iteration of a program (4 warps: 16 per thread)."""
 VECTOR_TILE_SCALE = 1 if INTERPRET else 2
-"""Tiles (and the one-tile path's elements per thread) are this many times larger when the tile's accesses
-are vectorised and it accumulates in float32: 32 elements per thread amortise a program's and an
-iteration's fixed instructions, within 128 registers (scalar accesses need a 64-bit address per element,
-float64 accumulators two registers each: those stay at 16)."""
+"""The one-tile path gives each thread this many times 16 elements when the tile's accesses are vectorised
+and it accumulates in float32: twice as many elements spread its reductions and per-channel work, within
+128 registers. (Loops stay at 16 per thread: 32 measured no better there, at up to twice the registers.)"""
 SINGLE_MAX_ELEMENTS = 1 << 15 if INTERPRET else 8192
 """A channel block whose rows fit a tile of at most this many elements runs in one program (one launch)."""
 TARGET_PROGRAMS = 64 if INTERPRET else 1024
@@ -254,7 +253,6 @@ def geometry(
     single_ok: bool = True,
     one_tile_per_program: bool = False,
     wide_acc: bool = False,
-    reduces: bool = True,
 ) -> Geometry:
     """Tile shape and grid for a pass over ``rows`` (see the module and kernels' docstrings).
 
@@ -268,8 +266,6 @@ def geometry(
     pn, ps, pc = _p2(N), _p2(S), _p2(C)
     same = all(st == rows.strides[0] for st in rows.strides)
     vec = _vec(rows, inner)
-    # larger tiles for vectorised float32-accumulating passes: the one-tile path, and the loop of a pass
-    # that accumulates nothing across tiles (a reduction's loop holds two accumulators per element)
     scale = VECTOR_TILE_SCALE if vec >= 2 and not wide_acc and not one_tile_per_program else 1
     if single_ok and not one_tile_per_program:
         # One program per channel block holding all of its rows: the one-launch path.
@@ -301,7 +297,7 @@ def geometry(
                 inner,
             )
     # float64: tiles of the same bytes as float32's (two registers per value)
-    tile = TILE_ELEMENTS * (1 if reduces else scale) // (2 if wide_acc else 1)
+    tile = TILE_ELEMENTS // (2 if wide_acc else 1)
     bc = min(pc, 64) if inner else 1
     bs = min(ps, max(1, tile // bc))
     bn = min(pn, max(1, tile // (bc * bs)))
@@ -454,7 +450,7 @@ def _forward_plan(x, residual, training, has_w, has_b, has_running, relu) -> _Pl
     ints = (rows.N, rows.S, rows.C, *rows.strides[0], *rows.strides[1], *_strides_or_zero(rows, 2))
     flags = {"HAS_W": has_w, "HAS_B": has_b, "HAS_RES": residual is not None, "RELU": relu, "ACC": _tl_acc(acc)}
     if not training:
-        geo = geometry(rows, single_ok=False, wide_acc=acc == torch.float64, reduces=False)
+        geo = geometry(rows, single_ok=False, wide_acc=acc == torch.float64)
         meta = {**geo.meta(), **flags, "EVAL": True}
         launch = (bn_forward_apply_kernel, geo.grid, (*ints, geo.SB, geo.T, geo.TPP), meta)
         return _Plan(None if y.stride() == x.stride() else y.stride(), 4, acc, 0, (launch,), ())
@@ -463,9 +459,8 @@ def _forward_plan(x, residual, training, has_w, has_b, has_running, relu) -> _Pl
     meta = {**geo.meta(), **flags, "SINGLE": geo.single, "HAS_RUNNING": has_running, "BLOCK_P": geo.block_p}
     launches = [(bn_forward_stats_kernel, geo.grid, (*ints, geo.SB, geo.T, geo.TPP, geo.P, M), meta)]
     if not geo.single:
-        geo2 = geometry(rows, single_ok=False, wide_acc=acc == torch.float64, reduces=False)
-        meta2 = {**geo2.meta(), **flags, "EVAL": False}
-        launches.append((bn_forward_apply_kernel, geo2.grid, (*ints, geo2.SB, geo2.T, geo2.TPP), meta2))
+        meta2 = {**geo.meta(), **flags, "EVAL": False}
+        launches.append((bn_forward_apply_kernel, geo.grid, (*ints, geo.SB, geo.T, geo.TPP), meta2))
     ws_rows = 4 if geo.single else 4 + 3 * geo.P
     out_stride = None if y.stride() == x.stride() else y.stride()
     return _Plan(
@@ -729,7 +724,7 @@ def _backward_plan(dy, x, gate, stats_grad, need_input, need_weight, need_bias, 
         lock_blocks = 0 if geo.single else geo.CB
         rest = writes and not in_pass
     if rest:
-        geo = geometry(rows, single_ok=False, wide_acc=acc == torch.float64, reduces=False)
+        geo = geometry(rows, single_ok=False, wide_acc=acc == torch.float64)
         meta = {
             **geo.meta(),
             **flags,
@@ -756,7 +751,7 @@ def bn_backward_dx(
     dx = _empty_output(xv.tensor, x.dtype)
     yv = ncs_view(relu_output) if relu_output is not None else xv
     rows = rows_view(gv, xv, yv, ncs_view(dx))
-    geo = geometry(rows, single_ok=False, wide_acc=x.dtype == torch.float64, reduces=False)
+    geo = geometry(rows, single_ok=False, wide_acc=x.dtype == torch.float64)
     meta = {
         **geo.meta(),
         "STATS_GRAD": True,
@@ -794,7 +789,7 @@ def bn_apply(x: torch.Tensor, stats: torch.Tensor, bias: torch.Tensor | None = N
     y = _empty_output(xv.tensor, x.dtype)
     yv = ncs_view(y)
     rows = rows_view(xv, yv)
-    geo = geometry(rows, single_ok=False, wide_acc=x.dtype == torch.float64, reduces=False)
+    geo = geometry(rows, single_ok=False, wide_acc=x.dtype == torch.float64)
     (sxn, sxs, sxc), (syn, sys_, syc) = rows.strides
     meta = geo.meta()
     meta.update(
