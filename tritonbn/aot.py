@@ -417,6 +417,14 @@ def compile_one(job: tuple) -> dict:
     return row
 
 
+def _flags(meta: dict) -> str:
+    """The launch's constexpr switches that are on, and VEC: what tells apart the specialisations of one
+    kernel, case, pass and tile (e.g. ``GATE HAS_W SAME_STRIDES WRITE_DRES WRITE_DX VEC=16``)."""
+    on = sorted(k for k, v in meta.items() if v is True)
+    vec = meta.get("VEC")
+    return " ".join(on + ([f"VEC={vec}"] if vec is not None else []))
+
+
 def _row(spec: Spec, result: dict, prov: dict) -> dict:
     ln = spec.launch
     c = spec.constexprs
@@ -443,6 +451,7 @@ def _row(spec: Spec, result: dict, prov: dict) -> dict:
         "block_s": bs,
         "block_c": bc,
         "num_warps": warps,
+        "flags": _flags(ln.meta),
         "elements_per_thread": round(ept, 3),
         "uses": spec.uses,
         **prov,
@@ -511,7 +520,7 @@ def run(quick: bool, jobs: int, archs=ARCHS, progress: bool = True) -> list[dict
     # FP contraction on, as the JIT compiles by default (newer triton warns when it is left unset)
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     prov = provenance.collect("cpu")
-    prov.update(gpu="", compute_capability="", cuda="", cudnn="")
+    prov.update(gpu="", compute_capability="")
     launches = record(cases(quick))
     specs = specialise(launches)
     work = [(s, arch) for s in specs for arch in archs]

@@ -187,6 +187,7 @@ AOT_COLUMNS: tuple[str, ...] = (
     "block_s",
     "block_c",
     "num_warps",
+    "flags",
     "arch",
     "status",
     "registers",
