@@ -419,8 +419,9 @@ def compile_one(job: tuple) -> dict:
 
 
 def _flags(meta: dict) -> str:
-    """The launch's constexpr switches that are on, and VEC: what tells apart the specialisations of one
-    kernel, case, pass and tile (e.g. ``GATE HAS_W SAME_STRIDES WRITE_DRES WRITE_DX VEC=16``)."""
+    """The launch's constexpr switches that are on, and VEC: most of what tells apart the specialisations of
+    one kernel, case, pass and tile (e.g. ``GATE HAS_W SAME_STRIDES WRITE_DRES WRITE_DX VEC=16``; the rest
+    is Triton's own specialisation of integer arguments equal to 1 or divisible by 16)."""
     on = sorted(k for k, v in meta.items() if v is True)
     vec = meta.get("VEC")
     return " ".join(on + ([f"VEC={vec}"] if vec is not None else []))
