@@ -78,12 +78,13 @@ def _nan_filled_allocations(request, monkeypatch):
 def tile_policy(monkeypatch):
     """Set the launcher's tile policy for one test: ``tile_policy(tile=..., single=..., programs=...)``
     (elements per tile, the one-tile path's limit, programs aimed at; ``min_tiles``, the fewest tiles a
-    program loops over, defaults to 1 so that ``programs`` alone sets the chunking), caches cleared before
-    and after."""
+    program loops over, defaults to 1 so that ``programs`` alone sets the chunking; ``min_programs``, the
+    floor on programs that ``min_tiles`` yields to), caches cleared before and after."""
 
-    def set_policy(tile=None, single=None, programs=None, merge=None, merge_block=None, min_tiles=1):
+    def set_policy(tile=None, single=None, programs=None, merge=None, merge_block=None, min_tiles=1, min_programs=None):
         for name, value in (
             ("MIN_TILES_PER_PROGRAM", min_tiles),
+            ("MIN_PROGRAMS", min_programs),
             ("TILE_ELEMENTS", tile),
             ("SINGLE_MAX_ELEMENTS", single),
             ("TARGET_PROGRAMS", programs),

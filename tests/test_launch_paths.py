@@ -194,26 +194,18 @@ def test_alignment_told_to_the_kernels(shape, layout, vec, inner):
 @pytest.mark.parametrize(
     "shape, layout", [((32, 64, 56, 56), "contiguous"), ((32, 512, 7, 7), "channels_last"), ((4096, 256), "contiguous")]
 )
-def test_programs_loop_over_tiles_and_fill_the_gpu(monkeypatch, shape, layout):
+def test_programs_loop_over_tiles_and_fill_the_gpu(tile_policy, shape, layout):
     """The GPU policy: a program loops over at least MIN_TILES_PER_PROGRAM tiles, unless that would leave
     fewer than MIN_PROGRAMS programs; never more programs than tiles."""
-    monkeypatch.setattr(launch, "TILE_ELEMENTS", 2048)
-    monkeypatch.setattr(launch, "VECTOR_TILE_SCALE", 2)
-    monkeypatch.setattr(launch, "TARGET_PROGRAMS", 1024)
-    monkeypatch.setattr(launch, "MIN_PROGRAMS", 256)
-    launch.clear_plans()
-    try:
-        x = torch.empty(shape)
-        x = x.to(memory_format=torch.channels_last) if layout == "channels_last" else x
-        rows = launch.rows_view(launch.ncs_view(x), launch.ncs_view(torch.empty_like(x)))
-        for geo in (launch.geometry(rows, single_ok=False), launch.geometry(rows, single_ok=False, wide_acc=True)):
-            programs = geo.CB * geo.P
-            assert geo.P <= geo.T and geo.P * geo.TPP >= geo.T > (geo.P - 1) * geo.TPP
-            assert 2 * programs >= min(256, geo.CB * geo.T)  # (chunks of equal length: P rounds down)
-            assert geo.TPP >= launch.MIN_TILES_PER_PROGRAM or programs <= 2 * 256
-    finally:
-        monkeypatch.undo()
-        launch.clear_plans()
+    tile_policy(tile=2048, programs=1024, min_tiles=4, min_programs=256)
+    x = torch.empty(shape)
+    x = x.to(memory_format=torch.channels_last) if layout == "channels_last" else x
+    rows = launch.rows_view(launch.ncs_view(x), launch.ncs_view(torch.empty_like(x)))
+    for geo in (launch.geometry(rows, single_ok=False), launch.geometry(rows, single_ok=False, wide_acc=True)):
+        programs = geo.CB * geo.P
+        assert geo.P <= geo.T and geo.P * geo.TPP >= geo.T > (geo.P - 1) * geo.TPP
+        assert 2 * programs >= min(256, geo.CB * geo.T)  # (chunks of equal length: P rounds down)
+        assert geo.TPP >= 4 or programs <= 2 * 256
 
 
 # ------------------------------------------------------------------------------------------ launches

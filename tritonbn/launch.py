@@ -266,7 +266,7 @@ def geometry(
     pn, ps, pc = _p2(N), _p2(S), _p2(C)
     same = all(st == rows.strides[0] for st in rows.strides)
     vec = _vec(rows, inner)
-    scale = VECTOR_TILE_SCALE if vec >= 2 and not wide_acc and not one_tile_per_program else 1
+    width = 2 if wide_acc else 1  # registers per accumulated value: float64 tiles hold float32's bytes
     if single_ok and not one_tile_per_program:
         # One program per channel block holding all of its rows: the one-launch path.
         bc = min(pc, 64) if inner else 1
@@ -274,7 +274,8 @@ def geometry(
             bc //= 2
         if pn * ps * bc <= SINGLE_MAX_ELEMENTS:
             elems = pn * ps * bc
-            warps = max(1, min(16, elems // (256 if wide_acc else 512 * scale)))
+            per_thread = 16 // width * (VECTOR_TILE_SCALE if vec >= 2 and not wide_acc else 1)
+            warps = max(1, min(16, elems // (32 * per_thread)))
             return Geometry(
                 pn,
                 ps,
@@ -296,21 +297,14 @@ def geometry(
                 vec,
                 inner,
             )
-    # float64: tiles of the same bytes as float32's (two registers per value)
-    tile = TILE_ELEMENTS // (2 if wide_acc else 1)
+    tile = TILE_ELEMENTS // width
     bc = min(pc, 64) if inner else 1
     bs = min(ps, max(1, tile // bc))
     bn = min(pn, max(1, tile // (bc * bs)))
-    run = S & -S  # the largest power of two dividing S
-    if (
-        not inner
-        and S % bs != 0
-        and run >= MIN_UNMASKED_RUN
-        and min(pn, tile // min(run, tile)) * min(run, tile) * 2 >= tile
-    ):
+    run = min(S & -S, tile)  # the largest power of two dividing S
+    if not inner and S % bs != 0 and run >= MIN_UNMASKED_RUN and min(pn, tile // run) * run * 2 >= tile:
         # position blocks that divide S (56 x 56 = 64 x 49, 28 x 28 = 16 x 49): no mask on S, and more samples
-        bs = min(run, tile)
-        bn = min(pn, max(1, tile // bs))
+        bs, bn = run, min(pn, tile // run)
     SB, NB, CB = triton.cdiv(S, bs), triton.cdiv(N, bn), triton.cdiv(C, bc)
     T = NB * SB
     if one_tile_per_program:
@@ -321,7 +315,7 @@ def geometry(
         TPP = max(triton.cdiv(T, P), 1)
         TPP = min(TPP, max(1, _COUNT_EXACT // (bn * bs)))
         P = triton.cdiv(T, TPP)
-    block_p = min(_p2(P), max(1, MERGE_BLOCK_VALUES // (2 if wide_acc else 1) // bc))
+    block_p = min(_p2(P), max(1, MERGE_BLOCK_VALUES // width // bc))
     return Geometry(
         bn,
         bs,
