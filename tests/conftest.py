@@ -46,6 +46,19 @@ def kernels():
     return DEVICE
 
 
+@pytest.fixture(params=["triton", "native"])
+def path(request, monkeypatch):
+    """Runs a test on each execution path and gives its device: ``triton``, the kernels (CUDA, or the
+    interpreter), and ``native``, the plain CPU path (CPU tensors computed with torch ops, as without
+    ``TRITON_INTERPRET``: the switch is read at each call, so the test flips it off for its duration)."""
+    if request.param == "triton":
+        if not ON_TRITON:
+            pytest.skip("the Triton kernels need a CUDA device or TRITON_INTERPRET=1 set before import")
+        return DEVICE
+    monkeypatch.setattr(tritonbn.launch, "INTERPRET", False)
+    return "cpu"
+
+
 @pytest.fixture
 def device():
     return DEVICE

@@ -31,9 +31,9 @@ def _problem(device, shape=(3, 2, 4), layout="contiguous"):
     [(True, True, "contiguous"), (True, False, "channels_last"), (False, True, "contiguous")],
     ids=["train-affine", "train-plain-channels_last", "eval-affine"],
 )
-def test_gradcheck_and_gradgradcheck(kernels, training, affine, layout):
+def test_gradcheck_and_gradgradcheck(path, training, affine, layout):
     shape = (3, 2, 2, 2) if layout == "channels_last" else (3, 2, 4)
-    x, w, b, rm, rv = _problem(kernels, shape, layout)
+    x, w, b, rm, rv = _problem(path, shape, layout)
 
     if affine:
 
@@ -73,9 +73,9 @@ def _grads_up_to_third_order(bn, x, w, b, dy, v, u):
     [(True, False), (True, True), (False, False)],
     ids=["train", "train-detached", "eval"],
 )
-def test_higher_orders_match_float64_reference(kernels, training, detach_stats):
+def test_higher_orders_match_float64_reference(path, training, detach_stats):
     """Up to the third derivative, against autograd through the float64 elementary-op reference."""
-    x, w, b, rm, rv = _problem(kernels, (4, 3, 5))
+    x, w, b, rm, rv = _problem(path, (4, 3, 5))
     dy = torch.randn_like(x).requires_grad_()
     v, u = torch.randn_like(x), torch.randn_like(x)
 
@@ -93,9 +93,9 @@ def test_higher_orders_match_float64_reference(kernels, training, detach_stats):
             assert_close(a, r, torch.float64, name, f"order {order + 1}: {name}")
 
 
-def test_detached_stats_first_order_formula(kernels):
+def test_detached_stats_first_order_formula(path):
     """detach_stats: dx = dy·w·invstd (statistics are constants), dw = Σdy·x̂, db = Σdy."""
-    x, w, b, _, _ = _problem(kernels, (5, 3, 4))
+    x, w, b, _, _ = _problem(path, (5, 3, 4))
     y = tritonbn.batch_norm(x, None, None, w, b, training=True, detach_stats=True)
     dy = torch.randn_like(y)
     dx, dw, db = torch.autograd.grad(y, (x, w, b), dy)
@@ -111,7 +111,7 @@ def test_detached_stats_first_order_formula(kernels):
     assert (dx_full - dx).abs().max() > 1e-3
 
 
-def test_physics_informed_mlp_input_gradients(kernels):
+def test_physics_informed_mlp_input_gradients(path):
     """A small MLP with BatchNorm1d in train mode: du/dx with create_graph=True, then a loss on it and a
     second backward to the parameters -- the same as with torch.nn.BatchNorm1d."""
 
@@ -120,12 +120,12 @@ def test_physics_informed_mlp_input_gradients(kernels):
         return (
             torch.nn.Sequential(torch.nn.Linear(2, 8), bn_cls(8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
             .double()
-            .to(kernels)
+            .to(path)
         )
 
     theirs, ours = mlp(torch.nn.BatchNorm1d), mlp(tritonbn.BatchNorm1d)
     ours.load_state_dict(theirs.state_dict())
-    pts = torch.rand(9, 2, dtype=torch.float64, device=kernels)
+    pts = torch.rand(9, 2, dtype=torch.float64, device=path)
     results = []
     for net in (theirs, ours):
         x = pts.clone().requires_grad_()
@@ -140,9 +140,9 @@ def test_physics_informed_mlp_input_gradients(kernels):
     assert results[1][3].abs().max() > 0  # the batch-norm weight gets a second-order gradient
 
 
-def test_gradient_penalty_through_weight_only(kernels):
+def test_gradient_penalty_through_weight_only(path):
     """Double backward when only the weight requires grad (input constant), e.g. a penalty on dL/dw."""
-    x, w, b, _, _ = _problem(kernels, (4, 2, 3))
+    x, w, b, _, _ = _problem(path, (4, 2, 3))
     x, b = x.detach(), b.detach()
     r = torch.randn_like(x)
 
@@ -156,10 +156,10 @@ def test_gradient_penalty_through_weight_only(kernels):
     assert_close(penalty_grad(tritonbn.batch_norm), penalty_grad(reference.batch_norm), torch.float64, "grad2")
 
 
-def test_torch_func_grad_and_grad_of_grad(kernels):
+def test_torch_func_grad_and_grad_of_grad(path):
     """torch.func.grad (functorch) works, nested too; the Functions use setup_context for it."""
-    x = make_input((5, 3, 4), torch.float64, kernels)
-    w = torch.rand(3, dtype=torch.float64, device=kernels) + 0.5
+    x = make_input((5, 3, 4), torch.float64, path)
+    w = torch.rand(3, dtype=torch.float64, device=path) + 0.5
 
     def loss(bn):
         return lambda x: (bn(x, None, None, w, None, training=True) ** 3).sum()

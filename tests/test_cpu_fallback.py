@@ -1,5 +1,7 @@
-"""Without a GPU and without the interpreter, tritonbn uses torch's CPU batch norm (a converted model
-still works on the CPU). Run in a fresh interpreter with TRITON_INTERPRET unset."""
+"""Without a GPU and without the interpreter (the plain CPU path), tritonbn computes with torch ops inside its
+own autograd: torch's CPU batch norm forward, and derivatives right at every order. Run in a fresh
+interpreter with TRITON_INTERPRET unset (the other tests flip the same switch in-process: the ``path``
+fixture)."""
 
 from __future__ import annotations
 
@@ -38,12 +40,30 @@ SCRIPT = textwrap.dedent(
 
     net = tritonbn.convert_model(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2)))
     net(torch.randn(2, 1, 3, 3)).sum().backward()
+
+    # third order in train mode (torch's own CPU batch norm gets it wrong) against the float64 reference
+    from tritonbn import reference
+    xd = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    dy, v, u = (torch.randn_like(xd) for _ in range(3))
+    def third(bn):
+        y = bn(xd, None, None, None, None, training=True)
+        (g1,) = torch.autograd.grad(y, xd, dy, create_graph=True)
+        (g2,) = torch.autograd.grad(g1, xd, v, create_graph=True)
+        return torch.autograd.grad(g2, xd, u)[0]
+    torch.testing.assert_close(third(tritonbn.batch_norm), third(reference.batch_norm), atol=1e-9, rtol=1e-7)
+
+    # the explicit backward
+    g = torch.randn_like(x)
+    mean, invstd = x.detach().mean((0, 2)), (x.detach().var((0, 2), unbiased=False) + 1e-5).rsqrt()
+    dx, _, _ = tritonbn.batch_norm_backward(g, x.detach(), None, mean, invstd)
+    (want,) = torch.autograd.grad(tritonbn.batch_norm(x, None, None, training=True), x, g)
+    torch.testing.assert_close(dx, want)
     print("fallback ok")
     """
 )
 
 
-def test_cpu_without_interpreter_uses_torch():
+def test_plain_cpu_path_in_a_process_without_the_interpreter():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["CUDA_VISIBLE_DEVICES"] = ""
     out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)

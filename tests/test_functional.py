@@ -38,8 +38,8 @@ def _params(C, dtype, device, affine):
 @pytest.mark.parametrize(("shape", "layout"), list(_cases()))
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
-def test_forward_backward_matches_reference(kernels, shape, layout, dtype, training, affine):
-    device = kernels
+def test_forward_backward_matches_reference(path, shape, layout, dtype, training, affine):
+    device = path
     C = shape[1]
     x = make_input(shape, dtype, device, layout).requires_grad_()
     w, b = _params(C, dtype, device, affine)
@@ -88,12 +88,12 @@ def test_forward_backward_matches_reference(kernels, shape, layout, dtype, train
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_matches_torch_batch_norm(kernels, training, layout):
+def test_matches_torch_batch_norm(path, training, layout):
     """Where torch is exact enough (float32, moderate means), ours and torch's agree to float32 rounding."""
-    x = make_input((4, 3, 5, 6), torch.float32, kernels, layout).requires_grad_()
-    w = torch.randn(3, device=kernels, requires_grad=True)
-    b = torch.randn(3, device=kernels, requires_grad=True)
-    rm, rv = torch.randn(3, device=kernels), torch.rand(3, device=kernels) + 0.5
+    x = make_input((4, 3, 5, 6), torch.float32, path, layout).requires_grad_()
+    w = torch.randn(3, device=path, requires_grad=True)
+    b = torch.randn(3, device=path, requires_grad=True)
+    rm, rv = torch.randn(3, device=path), torch.rand(3, device=path) + 0.5
     rm_t, rv_t = rm.clone(), rv.clone()
     y = tritonbn.batch_norm(x, rm, rv, w, b, training=training)
     y_t = F.batch_norm(x, rm_t, rv_t, w, b, training=training)
@@ -110,16 +110,16 @@ def test_matches_torch_batch_norm(kernels, training, layout):
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_batch_norm_backward_api(kernels, training):
+def test_batch_norm_backward_api(path, training):
     """The explicit backward returns the closed-form gradients and None for a missing weight."""
-    x = make_input((6, 4, 5), torch.float32, kernels)
+    x = make_input((6, 4, 5), torch.float32, path)
     dy = torch.randn_like(x)
-    w = torch.rand(4, device=kernels) + 0.5
+    w = torch.rand(4, device=path) + 0.5
     mean_ref, var_ref, _ = reference.batch_norm_stats(x)
     if training:
         mean, invstd = mean_ref.float(), torch.rsqrt(var_ref + 1e-5).float()
     else:
-        mean, invstd = torch.randn(4, device=kernels), torch.rand(4, device=kernels) + 0.5
+        mean, invstd = torch.randn(4, device=path), torch.rand(4, device=path) + 0.5
     dx, dw, db = tritonbn.batch_norm_backward(dy, x, w, mean, invstd, training=training)
     dx_ref, dw_ref, db_ref = reference.batch_norm_backward(dy, x, w, mean, invstd, training=training)
     assert_close(dx, dx_ref, torch.float32, "dx", "dx")
@@ -131,11 +131,11 @@ def test_batch_norm_backward_api(kernels, training):
     assert_close(dx2, dx2_ref, torch.float32, "dx", "dx without weight")
 
 
-def test_batch_norm_backward_matches_autograd(kernels):
+def test_batch_norm_backward_matches_autograd(path):
     """tritonbn.batch_norm_backward is what autograd computes through tritonbn.batch_norm."""
-    x = make_input((5, 3, 4), torch.float64, kernels).requires_grad_()
-    w = torch.rand(3, dtype=torch.float64, device=kernels, requires_grad=True)
-    b = torch.randn(3, dtype=torch.float64, device=kernels, requires_grad=True)
+    x = make_input((5, 3, 4), torch.float64, path).requires_grad_()
+    w = torch.rand(3, dtype=torch.float64, device=path, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, device=path, requires_grad=True)
     y = tritonbn.batch_norm(x, None, None, w, b, training=True)
     dy = torch.randn_like(y)
     auto = torch.autograd.grad(y, (x, w, b), dy)
@@ -151,14 +151,14 @@ def test_tolerance_table_is_complete():
             assert tolerance(dtype, quantity) > 0
 
 
-def test_empty_batch(kernels):
-    x = torch.randn(0, 3, 4, device=kernels, requires_grad=True)
-    rm, rv = torch.zeros(3, device=kernels), torch.ones(3, device=kernels)
+def test_empty_batch(path):
+    x = torch.randn(0, 3, 4, device=path, requires_grad=True)
+    rm, rv = torch.zeros(3, device=path), torch.ones(3, device=path)
     y = tritonbn.batch_norm(x, rm, rv, training=True)
     assert y.shape == x.shape
     y.sum().backward()
     assert x.grad.shape == x.shape
-    assert torch.equal(rm, torch.zeros(3, device=kernels)) and torch.equal(rv, torch.ones(3, device=kernels))
+    assert torch.equal(rm, torch.zeros(3, device=path)) and torch.equal(rv, torch.ones(3, device=path))
 
 
 def test_dense_input_with_permuted_spatial_dims(kernels):
@@ -173,19 +173,19 @@ def test_dense_input_with_permuted_spatial_dims(kernels):
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_bias_without_weight_gets_its_gradient(kernels, training):
-    x = torch.randn(4, 3, 5, device=kernels, requires_grad=True)
-    b = torch.randn(3, device=kernels, requires_grad=True)
-    rm, rv = torch.zeros(3, device=kernels), torch.ones(3, device=kernels)
+def test_bias_without_weight_gets_its_gradient(path, training):
+    x = torch.randn(4, 3, 5, device=path, requires_grad=True)
+    b = torch.randn(3, device=path, requires_grad=True)
+    rm, rv = torch.zeros(3, device=path), torch.ones(3, device=path)
     y = tritonbn.batch_norm(x, rm, rv, None, b, training=training)
     dy = torch.randn_like(y)
     (db,) = torch.autograd.grad(y, b, dy)
     assert_close(db, dy.sum((0, 2)), torch.float32, "dbias")
 
 
-def test_empty_batch_keeps_parameters_in_the_graph(kernels):
-    x = torch.randn(0, 3, 4, device=kernels, requires_grad=True)
-    w = torch.ones(3, device=kernels, requires_grad=True)
-    b = torch.zeros(3, device=kernels, requires_grad=True)
+def test_empty_batch_keeps_parameters_in_the_graph(path):
+    x = torch.randn(0, 3, 4, device=path, requires_grad=True)
+    w = torch.ones(3, device=path, requires_grad=True)
+    b = torch.zeros(3, device=path, requires_grad=True)
     tritonbn.batch_norm(x, None, None, w, b, training=True).sum().backward()
-    assert torch.equal(w.grad, torch.zeros(3, device=kernels)) and torch.equal(b.grad, torch.zeros(3, device=kernels))
+    assert torch.equal(w.grad, torch.zeros(3, device=path)) and torch.equal(b.grad, torch.zeros(3, device=path))

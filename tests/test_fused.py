@@ -23,14 +23,14 @@ def _ref(x, rm, rv, w, b, training, residual=None):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("with_residual", [False, True], ids=["relu", "add-relu"])
-def test_fused_matches_reference(kernels, dtype, layout, training, with_residual):
+def test_fused_matches_reference(path, dtype, layout, training, with_residual):
     shape = (3, 4, 3, 5)
-    x = make_input(shape, dtype, kernels, layout).requires_grad_()
+    x = make_input(shape, dtype, path, layout).requires_grad_()
     pdtype = torch.float32 if dtype == torch.float16 else dtype
-    w = (torch.rand(4, device=kernels, dtype=pdtype) + 0.5).requires_grad_()
-    b = (torch.randn(4, device=kernels, dtype=pdtype) * 0.5).requires_grad_()
-    rm, rv = torch.randn(4, device=kernels, dtype=pdtype), torch.rand(4, device=kernels, dtype=pdtype) + 0.5
-    res = make_input(shape, dtype, kernels, "contiguous").requires_grad_() if with_residual else None
+    w = (torch.rand(4, device=path, dtype=pdtype) + 0.5).requires_grad_()
+    b = (torch.randn(4, device=path, dtype=pdtype) * 0.5).requires_grad_()
+    rm, rv = torch.randn(4, device=path, dtype=pdtype), torch.rand(4, device=path, dtype=pdtype) + 0.5
+    res = make_input(shape, dtype, path, "contiguous").requires_grad_() if with_residual else None
     rm0, rv0 = rm.clone(), rv.clone()
     y = tritonbn.batch_norm_relu(x, rm, rv, w, b, training=training, residual=res)
     y_ref = _ref(x.detach(), rm0, rv0, w, b, training, None if res is None else res.detach())
@@ -51,11 +51,11 @@ def test_fused_matches_reference(kernels, dtype, layout, training, with_residual
         assert_close(g, r, dtype, "grad", name)
 
 
-def test_fused_gradcheck_and_gradgradcheck(kernels):
-    x = torch.randn(3, 2, 2, 2, dtype=torch.float64, device=kernels, requires_grad=True)
-    res = torch.randn(3, 2, 2, 2, dtype=torch.float64, device=kernels, requires_grad=True)
-    w = torch.rand(2, dtype=torch.float64, device=kernels).add_(0.5).requires_grad_()
-    b = torch.randn(2, dtype=torch.float64, device=kernels, requires_grad=True)
+def test_fused_gradcheck_and_gradgradcheck(path):
+    x = torch.randn(3, 2, 2, 2, dtype=torch.float64, device=path, requires_grad=True)
+    res = torch.randn(3, 2, 2, 2, dtype=torch.float64, device=path, requires_grad=True)
+    w = torch.rand(2, dtype=torch.float64, device=path).add_(0.5).requires_grad_()
+    b = torch.randn(2, dtype=torch.float64, device=path, requires_grad=True)
 
     def fn(x, w, b, res):
         return tritonbn.batch_norm_relu(x, None, None, w, b, training=True, residual=res)

@@ -40,13 +40,13 @@ def _pair(theirs_cls, ours_cls, device, **kwargs):
     [{}, {"momentum": None}, {"affine": False}, {"track_running_stats": False}, {"momentum": 0.5, "eps": 1e-3}],
     ids=["default", "cumulative", "no-affine", "no-running-stats", "momentum-eps"],
 )
-def test_module_parity_over_train_and_eval_steps(kernels, theirs_cls, ours_cls, shape, kwargs):
-    theirs, ours = _pair(theirs_cls, ours_cls, kernels, **kwargs)
+def test_module_parity_over_train_and_eval_steps(path, theirs_cls, ours_cls, shape, kwargs):
+    theirs, ours = _pair(theirs_cls, ours_cls, path, **kwargs)
     assert isinstance(ours, theirs_cls)
     for step, training in enumerate([True, True, True, False]):
         theirs.train(training)
         ours.train(training)
-        x = make_input(shape, torch.float32, kernels, mean=step).requires_grad_()
+        x = make_input(shape, torch.float32, path, mean=step).requires_grad_()
         x_t = x.detach().clone().requires_grad_()
         y, y_t = ours(x), theirs(x_t)
         torch.testing.assert_close(y, y_t, atol=2e-5, rtol=2e-5)
@@ -186,10 +186,10 @@ def test_frozen_batch_norm(kernels):
         frozen(torch.randn(2, 3, 4, device=kernels))
 
 
-def test_module_on_half_input_with_float_parameters(kernels):
+def test_module_on_half_input_with_float_parameters(path):
     """Mixed precision: fp16 activations, fp32 parameters and buffers (as under autocast)."""
-    ours = tritonbn.BatchNorm2d(3).to(kernels)
-    x = make_input((2, 3, 3, 3), torch.float16, kernels)
+    ours = tritonbn.BatchNorm2d(3).to(path)
+    x = make_input((2, 3, 3, 3), torch.float16, path)
     y = ours(x)
     assert y.dtype == torch.float16 and ours.running_mean.dtype == torch.float32
     y_ref = reference.batch_norm(x, None, None, ours.weight, ours.bias, training=True)

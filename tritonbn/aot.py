@@ -238,24 +238,24 @@ def _run_case(case: Case, pass_: str) -> None:
 
 def record(case_list: list[Case]) -> list[Launch]:
     """Every launch the public API makes for ``case_list``, kernels not run."""
-    from tritonbn import functional, launch
+    from tritonbn import launch
 
     launches: list[Launch] = []
     current: dict = {}
-    real_launch, real_uses = launch._launch, functional.uses_triton
+    real_launch, real_uses = launch._launch, launch.uses_triton
 
     def recorder(kernel, grid, args, meta):
         launches.append(Launch(kernel, tuple(args), dict(meta), current["case"], current["pass"]))
 
     launch._launch = recorder
-    functional.uses_triton = lambda t: True
+    launch.uses_triton = lambda t: True
     try:
         for case in case_list:
             for pass_ in case.passes:
                 current.update({"case": case, "pass": pass_})
                 _run_case(case, pass_)
     finally:
-        launch._launch, functional.uses_triton = real_launch, real_uses
+        launch._launch, launch.uses_triton = real_launch, real_uses
     return launches
 
 

@@ -14,6 +14,9 @@ In that mode the backward evaluates its closed form with these primitives, the b
 from ``x`` around the saved mean so that they carry their dependence on ``x``; autograd differentiates that
 graph to any order. All per-channel (C,) arithmetic in between is ordinary torch. The Functions use the
 ``setup_context`` form, so ``torch.func.grad`` works as well.
+
+Each Function computes with the Triton kernels (:mod:`tritonbn.launch`) where they run and with torch ops
+(:mod:`tritonbn.native`) elsewhere: the derivatives are the same on every path.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch.autograd import Function
 
-from tritonbn import launch
+from tritonbn import launch, native
 
 try:  # tensors left wrapped by a finished torch.func transform (what Function.apply unwraps)
     from torch._C._functorch import is_functorch_wrapped_tensor as _is_functorch_wrapped
@@ -47,15 +50,21 @@ def _count(t: torch.Tensor) -> int:
     return t.numel() // t.shape[1]
 
 
+def _impl(t: torch.Tensor):
+    """What computes for tensors like ``t``: the Triton launcher, or its torch-op twin where the kernels do
+    not run (:mod:`tritonbn.native`)."""
+    return launch if launch.uses_triton(t) else native
+
+
 class _ChannelSum(Function):
     """Σ (t1 - mu1)·(t2 - mu2) per channel (``t2`` optional: then Σ (t1 - mu1))."""
 
     @staticmethod
     def forward(t1, mu1, t2, mu2):
         if t2 is None:
-            out, _ = launch.channel_sums(t1, mu1, want_sum_u=True)
+            out, _ = _impl(t1).channel_sums(t1, mu1, want_sum_u=True)
         else:
-            _, out = launch.channel_sums(t1, mu1, t2, mu2)
+            _, out = _impl(t1).channel_sums(t1, mu1, t2, mu2)
         return out
 
     @staticmethod
@@ -93,7 +102,7 @@ class _ChannelAffine(Function):
 
     @staticmethod
     def forward(like, t1, mu1, a1, t2, mu2, a2, g, gate):
-        return launch.channel_affine(like, t1, mu1, a1, t2, mu2, a2, g, gate=gate, gate_output=True)
+        return _impl(like).channel_affine(like, t1, mu1, a1, t2, mu2, a2, g, gate=gate, gate_output=True)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -180,18 +189,19 @@ def backward_kernels(
     ``need_residual`` returns that gated dy as the residual's gradient. One launch (one reduction pass that
     also writes dx) when the statistics are constants or a channel block fits one tile; else two.
     """
-    dx, dw, db, dres, _ = launch.bn_backward(
+    dx, dw, db, dres, _ = _impl(x).backward_passes(
         grad_output,
         x,
         weight,
         stats,
-        stats_grad=stats_grad,
-        need_input=need_input,
-        need_weight=need_weight,
-        need_bias=need_bias,
-        relu_output=relu_output,
-        need_residual=need_residual,
-        bias_dtype=bias_dtype,
+        stats_grad,
+        need_input,
+        need_weight,
+        need_bias,
+        relu_output,
+        need_residual,
+        bias_dtype,
+        False,
     )
     return dx, dw, db, dres
 
@@ -200,9 +210,9 @@ class BatchNormFunction(Function):
     """(y, stats) with y = act((x - mean)·weight·invstd + bias [+ residual]), batch or running statistics.
 
     ``act`` is the identity or, with ``relu``, a fused ReLU (the ResNet block's bn -> add -> relu).
-    ``stats`` (≥ 4, C; rows mean, invstd, weight·invstd, variance) are the statistics used (not
-    differentiable). Written with ``setup_context`` so that ``torch.func`` transforms work too; gradients
-    of the non-differentiable output are not materialised.
+    ``stats`` (≥ 2, C; rows mean and invstd, then on the kernels weight·invstd and the variance) are the
+    statistics used (not differentiable). Written with ``setup_context`` so that ``torch.func`` transforms
+    work too; gradients of the non-differentiable output are not materialised.
     """
 
     @staticmethod
@@ -219,7 +229,7 @@ class BatchNormFunction(Function):
         residual=None,
         relu=False,
     ):
-        return launch.bn_forward(
+        return _impl(x).bn_forward(
             x, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps, residual, relu
         )
 
@@ -256,7 +266,7 @@ def _backward(ctx, grad_output):
             ctx, grad_output, x, weight, stats[0], stats[1], y, (need_x, need_w, need_b), need_res
         )
     else:
-        dx, dw, db, dres, _ = launch.backward_passes(
+        dx, dw, db, dres, _ = _impl(x).backward_passes(
             grad_output, x, weight, stats, ctx.stats_grad, need_x, need_w, need_b, y, need_res, ctx.bias_dtype, False
         )
     return (dx, dw, db, None, None, None, None, None, None, dres, None)[: len(needs)]
@@ -271,7 +281,7 @@ class _EagerBatchNormFunction(Function):
     def forward(
         ctx, x, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps, detach_stats, residual, relu
     ):
-        y, stats = launch.bn_forward(
+        y, stats = _impl(x).bn_forward(
             x, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps, residual, relu
         )
         ctx.save_for_backward(x, weight, stats, y if relu else None)

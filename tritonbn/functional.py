@@ -1,16 +1,15 @@
-"""Functional batch normalization: validation like torch, then dispatch to the Triton kernels or to torch.
+"""Functional batch normalization: validation like torch, then tritonbn's autograd on the right computation.
 
-Execution paths:
+Execution paths (the same autograd Functions, and so the same derivatives, on each):
 
 * CUDA tensors run the Triton kernels (never a silent fallback to PyTorch's batch norm);
 * CPU tensors run the same kernels in Triton's interpreter when ``TRITON_INTERPRET=1`` was set before
   tritonbn was imported (how the test suite runs without a GPU);
-* other CPU tensors use PyTorch's own CPU batch norm, so a converted model still works on the CPU.
+* other tensors (the plain CPU path) compute with torch ops (:mod:`tritonbn.native`): torch's CPU batch
+  norm forward and first-order backward, tritonbn's differentiable backward for higher orders.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -34,8 +33,9 @@ _SCALAR_TYPE_NAMES = {
 
 
 def uses_triton(t: torch.Tensor) -> bool:
-    """Whether a tensor on this device is processed by the Triton kernels (else by torch's CPU kernel)."""
-    return t.is_cuda or (launch.INTERPRET and t.device.type == "cpu")
+    """Whether a tensor on this device is processed by the Triton kernels (CUDA, or the CPU with
+    ``TRITON_INTERPRET=1`` set before import); else tritonbn computes with torch ops."""
+    return launch.uses_triton(t)
 
 
 def _check_inputs(input, running_mean, running_var, weight, bias, training, eps) -> None:
@@ -144,11 +144,6 @@ def _batch_norm(
     if not isinstance(momentum, (int, float)):
         raise TypeError(f"batch_norm(): argument 'momentum' (position 7) must be float, not {type(momentum).__name__}")
     _check_inputs(input, running_mean, running_var, weight, bias, training, eps)
-    if not uses_triton(input):
-        y = _torch_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, detach_stats)
-        if residual is not None:
-            y = y + residual
-        return torch.relu(y) if relu else y
     if input.numel() == 0:
         return _empty_batch(input, weight, bias, residual)
     if torch.compiler.is_compiling():
@@ -163,7 +158,7 @@ def _batch_norm(
     )
     if not needs_graph and not torch._C._are_functorch_transforms_active():
         # nothing to differentiate: the kernels alone, without an autograd node
-        y, _ = launch.bn_forward(
+        y, _ = autograd._impl(input).bn_forward(
             input, weight, bias, running_mean, running_var, training, momentum, eps, residual, relu
         )
         return y
@@ -182,18 +177,6 @@ def _empty_batch(input, weight, bias, residual):
     return out if residual is None else out + residual
 
 
-def _torch_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, detach_stats):
-    """PyTorch's CPU batch norm; detached statistics are its eval mode fed with the batch statistics."""
-    if not (training and detach_stats):
-        return F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
-    dims = [0, *range(2, input.dim())]
-    with torch.no_grad():
-        var, mean = torch.var_mean(input, dim=dims, correction=0)
-        count = math.prod(input.shape) // input.shape[1]
-        autograd._update_running_stats(running_mean, running_var, mean, var, count, momentum)
-    return F.batch_norm(input, mean, var, weight, bias, False, 0.0, eps)
-
-
 def batch_norm_backward(
     grad_output: torch.Tensor,
     input: torch.Tensor,
@@ -208,18 +191,17 @@ def batch_norm_backward(
     ``save_mean``/``save_invstd`` are the statistics the forward normalised with: the batch mean and
     ``1/sqrt(var + eps)`` in training, the running mean and ``1/sqrt(running_var + eps)`` in eval
     (``training=False``, where the statistics are constants). ``grad_weight``/``grad_bias`` are ``None``
-    when ``weight`` is ``None``. The result is not differentiable: use autograd for higher orders.
+    when ``weight`` is ``None``. The result is not differentiable: use autograd for higher orders. Where
+    the kernels do not run (the plain CPU path) the same formulas run as torch ops.
+
+    Raises RuntimeError when ``grad_output`` and ``input`` differ in shape, and what
+    :func:`torch.nn.functional.batch_norm` raises for the other arguments.
     """
     if grad_output.shape != input.shape:
         raise RuntimeError(
             f"grad_output must have the shape of input, got {tuple(grad_output.shape)} and {tuple(input.shape)}"
         )
     _check_inputs(input, save_mean, save_invstd, weight, None, False, 0.0)
-    if not uses_triton(input):
-        raise RuntimeError(
-            "batch_norm_backward runs the Triton kernels: it needs a CUDA tensor, or TRITON_INTERPRET=1 set "
-            "before importing tritonbn to run them on the CPU"
-        )
     acc = launch.acc_dtype(input.dtype)
     with torch.no_grad():
         stats = torch.stack([save_mean.to(acc), save_invstd.to(acc)])

@@ -43,6 +43,11 @@ from tritonbn.kernels.batch_norm import (
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def uses_triton(t: torch.Tensor) -> bool:
+    """Whether a tensor on this device is processed by the Triton kernels (else by :mod:`tritonbn.native`)."""
+    return t.is_cuda or (INTERPRET and t.device.type == "cpu")
+
+
 class NCS(NamedTuple):
     """A tensor seen as (N, C, S) with one stride per axis."""
 

@@ -54,7 +54,7 @@ def batch_norm_forward(
         rm, rv = _none_if_empty(new_mean), _none_if_empty(new_var)
     else:
         rm, rv = running_mean, running_var  # read only in eval
-    y, stats = launch.bn_forward(x, weight, bias, rm, rv, training, momentum, eps, residual, relu)
+    y, stats = autograd._impl(x).bn_forward(x, weight, bias, rm, rv, training, momentum, eps, residual, relu)
     return y, stats[0].clone(), stats[1].clone(), new_mean, new_var
 
 

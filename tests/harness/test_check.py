@@ -132,7 +132,7 @@ def test_check_without_interpreter_says_torch_ran(run_cli, tmp_path):
     )
     assert res.returncode == 0, res.stdout + res.stderr
     rows = _read(next((tmp_path / "cpu-torch").glob("*_check.csv")))
-    assert {r["backend"] for r in rows if r["provider"] == "tritonbn"} == {"torch-cpu-fallback"}
+    assert {r["backend"] for r in rows if r["provider"] == "tritonbn"} == {"torch-ops"}
     assert "TRITON_INTERPRET is not set" in res.stderr
     assert len({r["case"] for r in rows}) == 1 and "stopped after 1 of 3 cases (--max-seconds" in res.stdout
 

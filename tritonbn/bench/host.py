@@ -97,20 +97,20 @@ class _AtenCounter(TorchDispatchMode):
 @contextlib.contextmanager
 def stubbed_kernels(counter: Counter | None = None) -> Iterator[Counter]:
     """tritonbn's GPU path on CPU tensors with every Triton launch replaced by a counting no-op."""
-    from tritonbn import functional, launch
+    from tritonbn import launch
 
     counter = Counter() if counter is None else counter
-    real_launch, real_uses = launch._launch, functional.uses_triton
+    real_launch, real_uses = launch._launch, launch.uses_triton
 
     def stub(kernel, grid, args, meta):
         counter[kernel.fn.__name__] += 1
 
     launch._launch = stub
-    functional.uses_triton = lambda t: True
+    launch.uses_triton = lambda t: True
     try:
         yield counter
     finally:
-        launch._launch, functional.uses_triton = real_launch, real_uses
+        launch._launch, launch.uses_triton = real_launch, real_uses
 
 
 def count_launches(fn: Callable[[], object], *, stub: bool = True) -> LaunchCount:

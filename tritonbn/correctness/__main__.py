@@ -106,8 +106,8 @@ def run(args: argparse.Namespace) -> int:
             skips["bf16"] = {"tritonbn": reason}
     if label == "cpu-torch":
         print(
-            "tritonbn-check: TRITON_INTERPRET is not set, so on the CPU tritonbn runs torch's CPU batch norm; "
-            "the rows say so (device cpu-torch, backend torch-cpu-fallback)",
+            "tritonbn-check: TRITON_INTERPRET is not set, so on the CPU tritonbn computes with torch ops, not its "
+            "kernels; the rows say so (device cpu-torch, backend torch-ops)",
             file=sys.stderr,
         )
 

@@ -44,7 +44,7 @@ PROVIDERS: dict[str, Provider] = {
 
 def device_label(device: torch.device) -> str:
     """The CSV's ``device``: the GPU name, ``cpu-interpreter`` (tritonbn's kernels in Triton's interpreter)
-    or ``cpu-torch`` (no interpreter: tritonbn falls back to torch's CPU batch norm)."""
+    or ``cpu-torch`` (no interpreter: tritonbn computes with torch ops, the plain CPU path)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     from tritonbn.functional import uses_triton
@@ -59,7 +59,7 @@ def backend_label(provider: str, case: Case, inputs: Inputs) -> str:
         from tritonbn.functional import uses_triton
 
         if not uses_triton(x):
-            return "torch-cpu-fallback"
+            return "torch-ops"
         return "triton" if x.is_cuda else "triton-interpreter"
     if not x.is_cuda:
         return "torch-cpu"
