@@ -52,7 +52,12 @@ SCRIPT = textwrap.dedent(
         return torch.autograd.grad(g2, xd, u)[0]
     torch.testing.assert_close(third(tritonbn.batch_norm), third(reference.batch_norm), atol=1e-9, rtol=1e-7)
 
-    # the explicit backward
+    # torch.func: the Jacobian of every sample of an eval layer, and the explicit backward
+    from torch.func import jacrev, vmap
+    bn = tritonbn.BatchNorm2d(3).eval()
+    ref = torch.nn.BatchNorm2d(3).eval()
+    xs = torch.randn(4, 1, 3, 2, 2)
+    torch.testing.assert_close(vmap(jacrev(bn))(xs), vmap(jacrev(ref))(xs))
     g = torch.randn_like(x)
     mean, invstd = x.detach().mean((0, 2)), (x.detach().var((0, 2), unbiased=False) + 1e-5).rsqrt()
     dx, _, _ = tritonbn.batch_norm_backward(g, x.detach(), None, mean, invstd)

@@ -12,8 +12,15 @@ Triton primitives whose own backwards are made of the same two primitives, so ev
 
 In that mode the backward evaluates its closed form with these primitives, the batch statistics re-derived
 from ``x`` around the saved mean so that they carry their dependence on ``x``; autograd differentiates that
-graph to any order. All per-channel (C,) arithmetic in between is ordinary torch. The Functions use the
-``setup_context`` form, so ``torch.func.grad`` works as well.
+graph to any order. All per-channel (C,) arithmetic in between is ordinary torch.
+
+``torch.func``: the Functions use the ``setup_context`` form and have
+
+* **vmap rules** that fold the vmapped dimension into the channels -- a (B, N, C, *spatial) batch of inputs
+  runs as one (N, B·C, *spatial) batch norm, with statistics per (vmapped index, channel) -- on the same
+  kernels, no Python loop over B; so ``vmap``, ``jacrev``, ``hessian`` and ``vmap(grad(f))`` work;
+* **forward-mode rules** (``jvp``), written with the same primitives, so ``jvp``, ``jacfwd``,
+  forward-over-reverse Hessians and ``torch.autograd.forward_ad`` work, at every order.
 
 Each Function computes with the Triton kernels (:mod:`tritonbn.launch`) where they run and with torch ops
 (:mod:`tritonbn.native`) elsewhere: the derivatives are the same on every path.
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import torch
 from torch.autograd import Function
+from torch.autograd import forward_ad as _forward_ad
 
 from tritonbn import launch, native
 
@@ -36,6 +44,14 @@ except ImportError:  # pragma: no cover
 
     def _unwrap_dead_wrappers(args):
         return args
+
+
+try:  # what a jvp rule needs to stay differentiable by the transforms around it (see _jvp_rule)
+    from torch._C._functorch import _unwrap_for_grad, _wrap_for_grad
+    from torch._functorch.pyfunctorch import TransformType, retrieve_current_functorch_interpreter
+    from torch.autograd.forward_ad import _set_fwd_grad_enabled
+except ImportError:  # pragma: no cover
+    retrieve_current_functorch_interpreter = None
 
 
 __all__ = ["BatchNormFunction", "backward_kernels", "batch_norm_function", "channel_affine", "channel_sum"]
@@ -56,6 +72,72 @@ def _impl(t: torch.Tensor):
     return launch if launch.uses_triton(t) else native
 
 
+def transforms_active() -> bool:
+    """Whether a ``torch.func`` transform or a ``torch.autograd.forward_ad`` dual level is active: then the
+    Functions run through ``Function.apply``, which applies their vmap and jvp rules."""
+    return torch._C._are_functorch_transforms_active() or _forward_ad._current_level >= 0
+
+
+def _jvp_rule(rule):
+    """A Function's ``jvp`` from ``rule(ctx, saved_tensors, *tangents)``, differentiable by outer transforms.
+
+    torch runs an autograd.Function's jvp with forward-mode AD switched off, so under ``torch.func.jvp``
+    (or ``jacfwd``) nested in another forward-mode transform the rule's own computation is invisible to
+    the outer one and forward-over-forward derivatives come out wrong (pytorch/pytorch#197867). Here the
+    rule runs one functorch level down, as the Function's forward does, with forward-mode AD on, on the
+    saved tensors and tangents unwrapped from the current level, and its result is wrapped back.
+    """
+
+    def jvp(ctx, *tangents):
+        saved = ctx.saved_tensors
+        interpreter = None
+        if retrieve_current_functorch_interpreter is not None and torch._C._are_functorch_transforms_active():
+            interpreter = retrieve_current_functorch_interpreter()
+        if interpreter is None or interpreter.key() != TransformType.Jvp:
+            return rule(ctx, saved, *tangents)
+        level = interpreter.level()
+
+        def unwrap(t):
+            return _unwrap_for_grad(t, level) if isinstance(t, torch.Tensor) else t
+
+        with torch.enable_grad(), _set_fwd_grad_enabled(True), interpreter.lower():
+            out = rule(ctx, tuple(map(unwrap, saved)), *map(unwrap, tangents))
+        if isinstance(out, tuple):
+            return tuple(_wrap_for_grad(t, level) if isinstance(t, torch.Tensor) else t for t in out)
+        return _wrap_for_grad(out, level)
+
+    return staticmethod(jvp)
+
+
+# ------------------------------------------------------------------ vmap: the vmapped dim into the channels
+
+
+def _fold(t: torch.Tensor | None, dim: int | None, B: int) -> torch.Tensor | None:
+    """(N, C, *spatial) per vmapped index, batched at ``dim`` (None: the same for every index) ->
+    (N, B·C, *spatial): channel b·C + c holds channel c of index b."""
+    if t is None:
+        return None
+    t = t.movedim(dim, 0) if dim is not None else t.expand(B, *t.shape)
+    return t.movedim(0, 1).flatten(1, 2)
+
+
+def _fold_channels(t: torch.Tensor | None, dim: int | None, B: int) -> torch.Tensor | None:
+    """(C,) per vmapped index, batched at ``dim`` (None: the same for every index) -> (B·C,)."""
+    if t is None:
+        return None
+    t = t.movedim(dim, 0) if dim is not None else t.expand(B, *t.shape)
+    return t.reshape(-1)
+
+
+def _unfold(t: torch.Tensor, B: int) -> torch.Tensor:
+    """(rows, B·C, ...) -> (rows, B, C, ...): a view whose vmapped dim is 1."""
+    return t.unflatten(1, (B, -1))
+
+
+def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    return b if a is None else a if b is None else a + b
+
+
 class _ChannelSum(Function):
     """Σ (t1 - mu1)·(t2 - mu2) per channel (``t2`` optional: then Σ (t1 - mu1))."""
 
@@ -70,6 +152,41 @@ class _ChannelSum(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(*inputs)
+        ctx.save_for_forward(*inputs)
+        ctx.out_dtype = output.dtype
+
+    @staticmethod
+    def vmap(info, in_dims, t1, mu1, t2, mu2):
+        B = info.batch_size
+        out = _ChannelSum.apply(
+            _fold(t1, in_dims[0], B),
+            _fold_channels(mu1, in_dims[1], B),
+            _fold(t2, in_dims[2], B),
+            _fold_channels(mu2, in_dims[3], B),
+        )
+        return out.unflatten(0, (B, -1)), 0
+
+    @_jvp_rule
+    def jvp(ctx, saved, dt1, dmu1, dt2, dmu2):
+        # d Σ(t1 - mu1)(t2 - mu2) = Σ(dt1 - dmu1)(t2 - mu2) + Σ(t1 - mu1)(dt2 - dmu2)
+        t1, mu1, t2, mu2 = saved
+        acc = ctx.out_dtype
+        out = None
+        if t2 is None:
+            if dt1 is not None:
+                out = channel_sum(dt1)
+            if dmu1 is not None:
+                out = _add(out, -dmu1.to(acc) * _count(t1))
+        else:
+            if dt1 is not None:
+                out = channel_sum(dt1, dmu1, t2, mu2)
+            elif dmu1 is not None:
+                out = -dmu1.to(acc) * channel_sum(t2, mu2)
+            if dt2 is not None:
+                out = _add(out, channel_sum(t1, mu1, dt2, dmu2))
+            elif dmu2 is not None:
+                out = _add(out, -dmu2.to(acc) * channel_sum(t1, mu1))
+        return out if out is not None else t1.new_zeros(t1.shape[1], dtype=acc)
 
     @staticmethod
     def backward(ctx, g):
@@ -108,6 +225,50 @@ class _ChannelAffine(Function):
     def setup_context(ctx, inputs, output):
         like, t1, mu1, a1, t2, mu2, a2, g, gate = inputs
         ctx.save_for_backward(t1, mu1, a1, t2, mu2, a2, gate)
+        ctx.save_for_forward(like, t1, mu1, a1, t2, mu2, a2, gate)
+
+    @staticmethod
+    def vmap(info, in_dims, like, t1, mu1, a1, t2, mu2, a2, g, gate):
+        B = info.batch_size
+        shape = like.shape if in_dims[0] is None else like.movedim(in_dims[0], 0).shape[1:]
+        # ``like`` gives the output's shape and dtype only: an empty folded tensor will do
+        folded_like = like.new_empty((shape[0], B * shape[1], *shape[2:]))
+        out = _ChannelAffine.apply(
+            folded_like,
+            _fold(t1, in_dims[1], B),
+            _fold_channels(mu1, in_dims[2], B),
+            _fold_channels(a1, in_dims[3], B),
+            _fold(t2, in_dims[4], B),
+            _fold_channels(mu2, in_dims[5], B),
+            _fold_channels(a2, in_dims[6], B),
+            _fold_channels(g, in_dims[7], B),
+            _fold(gate, in_dims[8], B),
+        )
+        return _unfold(out, B), 1
+
+    @_jvp_rule
+    def jvp(ctx, saved, _dlike, dt1, dmu1, da1, dt2, dmu2, da2, dg, _dgate):
+        # d [gate]·(a1(t1 - mu1) + a2(t2 - mu2) + g)
+        #   = [gate]·(da1(t1 - mu1) + da2(t2 - mu2) + (dg - a1·dmu1 - a2·dmu2)) + [gate]·(a1·dt1 + a2·dt2)
+        # (the gate is piecewise constant; each term comes with its coefficient): at most two launches.
+        like, t1, mu1, a1, t2, mu2, a2, gate = saved
+        if t1 is None:
+            dt1 = dmu1 = da1 = None
+        if t2 is None:
+            dt2 = dmu2 = da2 = None
+        const = dg
+        if dmu1 is not None:
+            const = _add(const, -a1 * dmu1)
+        if dmu2 is not None:
+            const = _add(const, -a2 * dmu2)
+        out = None
+        if da1 is not None or da2 is not None or const is not None:
+            u1, u2 = (t1 if da1 is not None else None), (t2 if da2 is not None else None)
+            out = channel_affine(like, u1, mu1, da1, u2, mu2, da2, const, gate)
+        if dt1 is not None or dt2 is not None:
+            b1, b2 = (a1 if dt1 is not None else None), (a2 if dt2 is not None else None)
+            out = _add(out, channel_affine(like, dt1, None, b1, dt2, None, b2, None, gate))
+        return out if out is not None else channel_affine(like)
 
     @staticmethod
     def backward(ctx, go):
@@ -212,7 +373,9 @@ class BatchNormFunction(Function):
     ``act`` is the identity or, with ``relu``, a fused ReLU (the ResNet block's bn -> add -> relu).
     ``stats`` (≥ 2, C; rows mean and invstd, then on the kernels weight·invstd and the variance) are the
     statistics used (not differentiable). Written with ``setup_context`` so that ``torch.func`` transforms
-    work too; gradients of the non-differentiable output are not materialised.
+    work too; gradients of the non-differentiable output are not materialised. Its vmap rule folds the
+    vmapped dimension into the channels; its jvp is the forward-mode derivative of y (see
+    :func:`_forward_tangent`).
     """
 
     @staticmethod
@@ -239,6 +402,7 @@ class BatchNormFunction(Function):
         relu = rest[1] if len(rest) > 1 else False
         y, stats = output
         ctx.save_for_backward(x, weight, stats, y if relu else None)
+        ctx.save_for_forward(x, weight, stats, y if relu else None)
         ctx.mark_non_differentiable(stats)
         ctx.set_materialize_grads(False)
         ctx.stats_grad = use_batch_stats and not detach_stats
@@ -249,6 +413,122 @@ class BatchNormFunction(Function):
     @staticmethod
     def backward(ctx, grad_output, _grad_stats=None):
         return _backward(ctx, grad_output)
+
+    @staticmethod
+    def vmap(
+        info,
+        in_dims,
+        x,
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        use_batch_stats,
+        momentum,
+        eps,
+        detach_stats,
+        residual=None,
+        relu=False,
+    ):
+        # (B, N, C, *spatial) -> one (N, B·C, *spatial) batch norm: statistics per (vmapped index, channel).
+        B = info.batch_size
+        x_dim, rm_dim, rv_dim = in_dims[0], in_dims[3], in_dims[4]
+        if (
+            use_batch_stats
+            and x_dim is not None
+            and ((running_mean is not None and rm_dim is None) or (running_var is not None and rv_dim is None))
+        ):
+            raise RuntimeError(_VMAP_RUNNING_STATS_ERROR)  # torch's refusal, word for word
+        running = [_fold_channels(t, d, B) for t, d in ((running_mean, rm_dim), (running_var, rv_dim))]
+        if use_batch_stats:  # updated in place: private copies, written back below
+            running = [t.clone() if t is not None else None for t in running]
+        y, stats = BatchNormFunction.apply(
+            _fold(x, x_dim, B),
+            _fold_channels(weight, in_dims[1], B),
+            _fold_channels(bias, in_dims[2], B),
+            *running,
+            use_batch_stats,
+            momentum,
+            eps,
+            detach_stats,
+            _fold(residual, in_dims[9] if len(in_dims) > 9 else None, B),
+            relu,
+        )
+        if use_batch_stats:
+            with torch.no_grad():
+                for buf, dim, new in ((running_mean, rm_dim, running[0]), (running_var, rv_dim, running[1])):
+                    if buf is None:
+                        continue
+                    if dim is None:  # x is not vmapped either: every index computed the same update
+                        buf.copy_(new[: buf.numel()])
+                    else:
+                        buf.movedim(dim, 0).copy_(new.view(B, -1))
+        return (_unfold(y, B), _unfold(stats, B)), (1, 1)
+
+    @_jvp_rule
+    def jvp(ctx, saved, dx, dw, db, _drm, _drv, _dt, _dm, _de, _dd, dres=None, _drelu=None):
+        x, weight, stats, y = saved
+        return _forward_tangent(ctx, x, weight, stats[0], stats[1], y, dx, dw, db, dres), None
+
+
+# What torch's batching rule for batch norm raises (aten/src/ATen/functorch/BatchRulesNorm.cpp).
+_VMAP_RUNNING_STATS_ERROR = (
+    "Batch norm got a batched tensor as input while the running_mean or running_var, which will be updated in "
+    "place, were not batched.\nIf you are using a module and do not need eval mode, please set "
+    "`track_running_stats` to be False.If you are using a prebuilt module and do not need eval mode, please see "
+    "the functorch website for resources on how to patch your module to work with vmap"
+)
+
+
+def _batch_stats_of(ctx, x, mean, invstd):
+    """The statistics the forward normalised with, as functions of ``x`` when they depend on it.
+
+    In train mode they are re-derived around the saved mean c0 (mean = c0 + Σ(x - c0)/M,
+    var = Σ(x - c0)²/M - (Σ(x - c0)/M)², accurate since x - c0 is centred) with the differentiable
+    primitives, so that derivatives of any order see their dependence on ``x``; otherwise (running
+    statistics, or detached batch statistics) they are the saved constants.
+    """
+    if not ctx.stats_grad:
+        return mean, invstd
+    count = _count(x)
+    delta = channel_sum(x, mean) / count
+    var = channel_sum(x, mean, x, mean) / count - delta * delta
+    return mean + delta, torch.rsqrt(var + ctx.eps)
+
+
+def _forward_tangent(ctx, x, weight, mean, invstd, y, dx, dw, db, dres):
+    """The tangent of y = act((x - mean)·r·w + b [+ residual]) for tangents dx, dw, db, dres (any None).
+
+    With r = invstd and, where the statistics depend on x (train mode, not detached),
+    dmean = Σdx/M and dr = -r³·Σ(x - mean)·dx/M (Σ(x - mean) = 0 removes the dmean term of dvar)::
+
+        dy = w·r·(dx - dmean) + (w·dr + dw·r)·(x - mean) + db [+ dres]      (·[y > 0] with a fused ReLU)
+
+    the jvp of torch's ``batch_norm`` (its ``batch_norm_jvp``). Built from the differentiable primitives,
+    so forward-over-forward and forward-over-reverse derivatives are right at every order.
+    """
+    acc = mean.dtype
+    mu, r = _batch_stats_of(ctx, x, mean, invstd)
+    w = weight.to(acc) if weight is not None else None
+    coef_x = r * dw.to(acc) if dw is not None and w is not None else None
+    dmean = scale = None
+    if dx is not None:
+        scale = r * w if w is not None else r
+        if ctx.stats_grad:
+            count = _count(x)
+            dmean = channel_sum(dx) / count
+            dr = -r * r * r * channel_sum(dx, None, x, mu) / count
+            coef_x = _add(coef_x, dr * w if w is not None else dr)
+    g = db.to(acc) if db is not None and ctx.bias_dtype is not None else None
+    out = None
+    if dx is not None or coef_x is not None or g is not None:
+        out = channel_affine(x, dx, dmean, scale, x if coef_x is not None else None, mu, coef_x, g)
+    out = _add(out, dres)
+    if out is None:
+        return torch.zeros_like(x)
+    if ctx.relu:  # torch's ReLU jvp: the tangent where the output is positive
+        out = channel_affine(out, out, None, torch.ones_like(r), gate=y)
+    return out
 
 
 def _backward(ctx, grad_output):
@@ -261,7 +541,7 @@ def _backward(ctx, grad_output):
     need_x, need_w, need_b = needs[:3]
     need_b = need_b and ctx.bias_dtype is not None
     need_res = len(needs) > 9 and needs[9]
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled() or transforms_active():
         dx, dw, db, dres = _differentiable_backward(
             ctx, grad_output, x, weight, stats[0], stats[1], y, (need_x, need_w, need_b), need_res
         )
@@ -304,11 +584,11 @@ def batch_norm_function(*args) -> torch.Tensor:
     """``BatchNormFunction.apply(*args)[0]`` (all 11 arguments, positional) without its per-call cost.
 
     ``Function.apply`` binds the arguments with ``inspect.signature`` on every call of a Function with
-    ``setup_context`` (~80 µs of host time per layer). Outside torch.func transforms this runs the same
-    computation as a classic ``forward(ctx, ...)`` Function through the C++ apply directly; inside them it
-    takes torch's path, which torch.func needs.
+    ``setup_context`` (~80 µs of host time per layer). Outside torch.func transforms and forward-mode AD
+    this runs the same computation as a classic ``forward(ctx, ...)`` Function through the C++ apply
+    directly; inside them it takes torch's path, which applies the vmap and jvp rules.
     """
-    if torch._C._are_functorch_transforms_active():
+    if transforms_active():
         return BatchNormFunction.apply(*args)[0]
     if _is_functorch_wrapped(args[0]):  # a tensor left over from a finished transform (as Function.apply)
         args = _unwrap_dead_wrappers(args)
@@ -316,25 +596,18 @@ def batch_norm_function(*args) -> torch.Tensor:
 
 
 def _differentiable_backward(ctx, grad_output, x, weight, mean, invstd, y, needs, need_res):
-    """The backward's closed form written with the differentiable primitives (for ``create_graph=True``).
+    """The backward's closed form written with the differentiable primitives (for ``create_graph=True``
+    and inside ``torch.func`` transforms).
 
-    In train mode the statistics are re-derived from ``x`` around the saved mean c0 (mean = c0 + Σ(x - c0)/M,
-    var = Σ(x - c0)²/M - (Σ(x - c0)/M)², accurate since x - c0 is centred), so that the gradient carries
-    their dependence on ``x`` into every higher order. The ReLU mask [y > 0] is piecewise constant.
+    The statistics come from :func:`_batch_stats_of`, so that in train mode the gradient carries their
+    dependence on ``x`` into every higher order. The ReLU mask [y > 0] is piecewise constant.
     """
     need_x, need_w, need_b = needs
     acc = launch.acc_dtype(x.dtype)
     g = grad_output
     if ctx.relu:
         g = channel_affine(g, g, None, torch.ones_like(invstd), gate=y.detach())
-    if ctx.stats_grad:
-        count = _count(x)
-        delta = channel_sum(x, mean) / count
-        var = channel_sum(x, mean, x, mean) / count - delta * delta
-        mu = mean + delta
-        r = torch.rsqrt(var + ctx.eps)
-    else:
-        mu, r = mean, invstd  # constants: running statistics, or detached batch statistics
+    mu, r = _batch_stats_of(ctx, x, mean, invstd)
     scale = r * weight.to(acc) if weight is not None else r
     sum_g = channel_sum(g) if need_b or (need_x and ctx.stats_grad) else None
     sum_g_xmu = channel_sum(g, None, x, mu) if (need_w and weight is not None) or (need_x and ctx.stats_grad) else None

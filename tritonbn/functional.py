@@ -156,7 +156,7 @@ def _batch_norm(
         or (bias is not None and bias.requires_grad)
         or (residual is not None and residual.requires_grad)
     )
-    if not needs_graph and not torch._C._are_functorch_transforms_active():
+    if not needs_graph and not autograd.transforms_active():
         # nothing to differentiate: the kernels alone, without an autograd node
         y, _ = autograd._impl(input).bn_forward(
             input, weight, bias, running_mean, running_var, training, momentum, eps, residual, relu
