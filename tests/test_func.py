@@ -290,6 +290,12 @@ def test_primitive_rules_match_their_formulas(path):
 
     cases = [
         (lambda *a: channel_affine(like, *a, gate), affine_ref, (t1, mu1, a1, t2, mu2, a2, g)),
+        # a missing coefficient is 1
+        (
+            lambda t1, mu1, t2, mu2: channel_affine(like, t1, mu1, None, t2, mu2, None, None, gate),
+            lambda t1, mu1, t2, mu2: affine_ref(t1, mu1, torch.ones_like(mu1), t2, mu2, torch.ones_like(mu2), 0 * mu1),
+            (t1, mu1, t2, mu2),
+        ),
         (lambda *a: channel_sum(*a), sum_ref, (t1, mu1, t2, mu2)),
         (lambda *a: channel_sum(*a), sum_ref, (t1, mu1)),
     ]
@@ -303,14 +309,107 @@ def test_primitive_rules_match_their_formulas(path):
 
 
 def test_vmap_refuses_an_in_place_update_of_unbatched_running_stats(path):
-    """Train mode with shared (unbatched) running statistics under vmap: torch's error, word for word."""
+    """Train mode with shared (unbatched) running statistics under vmap, and a Jacobian w.r.t. the running
+    statistics (not differentiable): torch's errors, word for word."""
     x = torch.randn(3, 4, 2, 5, dtype=F64, device=path)
-    errors = []
-    for cls in (tritonbn.BatchNorm1d, nn.BatchNorm1d):
-        with pytest.raises(RuntimeError) as info:
-            vmap(cls(2).to(path, F64))(x)
-        errors.append(str(info.value))
-    assert errors[0] == errors[1]
+    rv = torch.rand(2, dtype=F64, device=path) + 0.5
+    for attempt in (
+        lambda cls, bn: vmap(cls(2).to(path, F64))(x),
+        lambda cls, bn: jacrev(lambda rm: bn(x[0], rm, rv, training=False))(torch.zeros_like(rv)),
+    ):
+        errors = []
+        for cls, bn in ((tritonbn.BatchNorm1d, tritonbn.batch_norm), (nn.BatchNorm1d, nn.functional.batch_norm)):
+            with pytest.raises(RuntimeError) as info:
+                attempt(cls, bn)
+            errors.append(str(info.value))
+        assert errors[0] == errors[1]
+
+
+def test_vmap_corner_cases(path):
+    """Half inputs with float32 parameters, (N, C) inputs, nested vmap with chunks, running statistics
+    vmapped at dim 1 and updated from a shared input: as torch gives them, and running statistics as a loop
+    over the vmapped indices gives them (torch's nested vmap updates them wrongly)."""
+    x = make_input((4, 3), torch.float16, path)
+    xs = torch.stack([x, 2 * x, x - 1])
+    w = torch.rand(3, device=path) + 0.5
+    got = vmap(lambda x: tritonbn.batch_norm(x, None, None, w, None, True))(xs)
+    want = vmap(lambda x: nn.functional.batch_norm(x.float(), None, None, w, None, True).half())(xs)
+    torch.testing.assert_close(got, want, atol=2e-3, rtol=2e-3)
+
+    x = make_input((2, 3, 2, 3, 4), F64, path)  # (outer, inner, N, C, L)
+    rm = torch.randn(2, 3, 3, dtype=F64, device=path).transpose(1, 2)  # (outer, C, inner): a strided view
+
+    def nested(bn, rm):
+        def inner(x, rm):
+            return bn(x, rm, torch.ones_like(rm), None, None, True, 0.5)
+
+        return vmap(vmap(inner, in_dims=(0, 1), chunk_size=2), in_dims=(0, 0))(x, rm)
+
+    rm_loop = rm.clone()
+    for o in range(2):
+        for i in range(3):
+            r = rm_loop[o, :, i]
+            nn.functional.batch_norm(x[o, i], r, torch.ones_like(r), None, None, True, 0.5)
+    _close(nested(tritonbn.batch_norm, rm), nested(nn.functional.batch_norm, rm.clone()))
+    _close(rm, rm_loop)
+
+    shared = make_input((4, 3, 2), F64, path)
+    rms = torch.zeros(5, 3, dtype=F64, device=path)
+    rms_t = rms.clone()
+    for bn, buf in ((tritonbn.batch_norm, rms), (nn.functional.batch_norm, rms_t)):
+        vmap(lambda rm, bn=bn: bn(shared, rm, torch.ones_like(rm), None, None, True, 0.5), in_dims=1)(buf.T)
+    _close(rms, rms_t)
+    assert rms.abs().sum() > 0
+
+
+def test_explicit_backward_under_vmap_and_jvp(path):
+    """tritonbn.batch_norm_backward inside vmap and jvp: the same formulas, per vmapped index."""
+    xs = make_input((3, 4, 2, 3), F64, path)
+    gs = torch.randn_like(xs)
+    w = torch.rand(2, dtype=F64, device=path) + 0.5
+
+    def stats(x):
+        return x.mean((0, 2)), (x.var((0, 2), unbiased=False) + 1e-5).rsqrt()
+
+    def ours(g, x):
+        return tritonbn.batch_norm_backward(g, x, w, *stats(x))
+
+    def ref(g, x):
+        return reference.batch_norm_backward(g, x, w, *stats(x))
+
+    for got, want in zip(vmap(ours)(gs, xs), vmap(ref)(gs, xs), strict=True):
+        _close(got, want)
+    primals, tangents = (gs[0], xs[0]), (gs[1], xs[1])
+    for got, want in zip(jvp(ours, primals, tangents)[1], jvp(ref, primals, tangents)[1], strict=True):
+        _close(got, want)
+    dx = vmap(lambda g, x: tritonbn.batch_norm_backward(g, x, None, *stats(x))[0])(gs, xs)
+    _close(dx, vmap(lambda g, x: reference.batch_norm_backward(g, x, None, *stats(x))[0])(gs, xs))
+
+
+def test_forward_mode_inside_torch_compile(path):
+    """torch.compile around jvp and forward_ad: never a silent wrong tangent (the custom ops have no jvp
+    rule and gave zeros). Under a transform the autograd Function runs in a graph break: right on the plain
+    CPU path; where Dynamo cannot trace around the kernels it raises."""
+    x = make_input((4, 2, 3), F64, path)
+    t = torch.randn_like(x)
+
+    def tangent(x, t):
+        return jvp(lambda a: tritonbn.batch_norm(a, None, None, None, None, True), (x,), (t,))[1]
+
+    def dual(x, t):
+        with fwAD.dual_level():
+            return fwAD.unpack_dual(tritonbn.batch_norm(fwAD.make_dual(x, t), None, None, None, None, True)).tangent
+
+    want = tangent(x, t)
+    assert want.abs().sum() > 0
+    for fn in (tangent, dual):
+        torch._dynamo.reset()
+        try:
+            got = torch.compile(fn, backend="eager")(x, t)
+        except Exception:  # noqa: BLE001 - a refusal is allowed on the kernels' path, a wrong tangent never
+            assert tritonbn.launch.uses_triton(x), "the plain CPU path must compile"
+            continue
+        _close(got, want)
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
@@ -326,3 +425,29 @@ def test_forward_ad_dual_tensors(path, mode):
     assert tangents[0] is not None
     _close(tangents[0], tangents[1])
     _close(ours.running_mean, theirs.running_mean)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_torch_autograd_vectorized_apis(path, mode):
+    """torch.autograd.functional's vectorize=True and autograd.grad's is_grads_batched batch with torch's
+    legacy vmap, which bypasses the vmap rules: tritonbn computes those batched tensors with torch ops."""
+    ours, theirs = _pair(tritonbn.BatchNorm1d, nn.BatchNorm1d, 3, path, eval_mode=mode == "eval")
+    if mode == "train":
+        ours.track_running_stats = theirs.track_running_stats = False
+        ours.running_mean = ours.running_var = theirs.running_mean = theirs.running_var = None
+    x = make_input((4, 3), F64, path)
+    for kwargs in ({"vectorize": True}, {"vectorize": True, "strategy": "forward-mode"}):
+        _close(
+            torch.autograd.functional.jacobian(ours, x, **kwargs),
+            torch.autograd.functional.jacobian(theirs, x, **kwargs),
+        )
+
+    def cube(module):
+        return lambda x: module(x).pow(3).sum()
+
+    want = torch.autograd.functional.hessian(cube(theirs), x, vectorize=True)
+    _close(torch.autograd.functional.hessian(cube(ours), x, vectorize=True), want)
+    xr = x.clone().requires_grad_()
+    seeds = torch.randn(5, 4, 3, dtype=F64, device=path)
+    got = torch.autograd.grad(ours(xr), xr, seeds, is_grads_batched=True)[0]
+    _close(got, torch.autograd.grad(theirs(xr), xr, seeds, is_grads_batched=True)[0])

@@ -72,6 +72,15 @@ def _impl(t: torch.Tensor):
     return launch if launch.uses_triton(t) else native
 
 
+def _impl_of(*tensors: torch.Tensor | None):
+    """:func:`_impl` for the first tensor, but :mod:`tritonbn.native` if any of them is batched by torch's
+    legacy vmap (``torch.autograd.functional``'s ``vectorize=True``, ``autograd.grad``'s
+    ``is_grads_batched``), which the kernels cannot read and which bypasses the vmap rules."""
+    if any(t is not None and native._legacy_batched(t) for t in tensors):
+        return native
+    return _impl(tensors[0])
+
+
 def transforms_active() -> bool:
     """Whether a ``torch.func`` transform or a ``torch.autograd.forward_ad`` dual level is active: then the
     Functions run through ``Function.apply``, which applies their vmap and jvp rules."""
@@ -144,9 +153,9 @@ class _ChannelSum(Function):
     @staticmethod
     def forward(t1, mu1, t2, mu2):
         if t2 is None:
-            out, _ = _impl(t1).channel_sums(t1, mu1, want_sum_u=True)
+            out, _ = _impl_of(t1, mu1).channel_sums(t1, mu1, want_sum_u=True)
         else:
-            _, out = _impl(t1).channel_sums(t1, mu1, t2, mu2)
+            _, out = _impl_of(t1, t2, mu1, mu2).channel_sums(t1, mu1, t2, mu2)
         return out
 
     @staticmethod
@@ -219,7 +228,8 @@ class _ChannelAffine(Function):
 
     @staticmethod
     def forward(like, t1, mu1, a1, t2, mu2, a2, g, gate):
-        return _impl(like).channel_affine(like, t1, mu1, a1, t2, mu2, a2, g, gate=gate, gate_output=True)
+        impl = _impl_of(like, t1, t2, mu1, a1, mu2, a2, g)
+        return impl.channel_affine(like, t1, mu1, a1, t2, mu2, a2, g, gate=gate, gate_output=True)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -315,8 +325,21 @@ def channel_affine(
     g: torch.Tensor | None = None,
     gate: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Differentiable ``[gate > 0]·(a1·(t1 - mu1) + a2·(t2 - mu2) + g)`` with (C,) coefficients, like ``like``."""
+    """Differentiable ``[gate > 0]·(a1·(t1 - mu1) + a2·(t2 - mu2) + g)`` with (C,) coefficients, like ``like``.
+
+    Any term may be omitted; a missing ``mu`` is 0 and a missing coefficient of a given term is 1.
+    """
+    if t1 is not None and a1 is None:
+        a1 = _ones_per_channel(like, t1)
+    if t2 is not None and a2 is None:
+        a2 = _ones_per_channel(like, t2)
     return _ChannelAffine.apply(like, t1, mu1, a1, t2, mu2, a2, g, gate)
+
+
+def _ones_per_channel(like: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return torch.ones(
+        like.shape[1], dtype=launch.acc_dtype(torch.promote_types(like.dtype, t.dtype)), device=like.device
+    )
 
 
 def backward_kernels(
@@ -546,7 +569,7 @@ def _backward(ctx, grad_output):
             ctx, grad_output, x, weight, stats[0], stats[1], y, (need_x, need_w, need_b), need_res
         )
     else:
-        dx, dw, db, dres, _ = _impl(x).backward_passes(
+        dx, dw, db, dres, _ = _impl_of(x, grad_output).backward_passes(
             grad_output, x, weight, stats, ctx.stats_grad, need_x, need_w, need_b, y, need_res, ctx.bias_dtype, False
         )
     return (dx, dw, db, None, None, None, None, None, None, dres, None)[: len(needs)]
@@ -602,27 +625,49 @@ def _differentiable_backward(ctx, grad_output, x, weight, mean, invstd, y, needs
     The statistics come from :func:`_batch_stats_of`, so that in train mode the gradient carries their
     dependence on ``x`` into every higher order. The ReLU mask [y > 0] is piecewise constant.
     """
-    need_x, need_w, need_b = needs
-    acc = launch.acc_dtype(x.dtype)
     g = grad_output
     if ctx.relu:
         g = channel_affine(g, g, None, torch.ones_like(invstd), gate=y.detach())
     mu, r = _batch_stats_of(ctx, x, mean, invstd)
-    scale = r * weight.to(acc) if weight is not None else r
-    sum_g = channel_sum(g) if need_b or (need_x and ctx.stats_grad) else None
-    sum_g_xmu = channel_sum(g, None, x, mu) if (need_w and weight is not None) or (need_x and ctx.stats_grad) else None
+    dx, dw, db = closed_form_backward(g, x, weight, mu, r, ctx.stats_grad, needs, ctx.bias_dtype)
+    return dx, dw, db, (g if need_res else None)
+
+
+def closed_form_backward(
+    g: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    mean: torch.Tensor,
+    invstd: torch.Tensor,
+    stats_grad: bool,
+    needs: tuple[bool, bool, bool] = (True, True, True),
+    bias_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """The formulas of :func:`backward_kernels` for given statistics, with the differentiable primitives.
+
+    ``(dx, dweight, dbias)`` for dy = ``g``; ``needs`` says which to compute (dweight only with a
+    ``weight``; dbias in ``bias_dtype``, default the weight's dtype, else the accumulation dtype).
+    ``mean``/``invstd`` are (C,) in the accumulation dtype; ``stats_grad`` selects the train-mode dx.
+    Vmappable and differentiable, forward and reverse, at every order.
+    """
+    need_x, need_w, need_b = needs
+    need_w = need_w and weight is not None
+    r = invstd
+    scale = r * weight.to(r.dtype) if weight is not None else r
+    sum_g = channel_sum(g) if need_b or (need_x and stats_grad) else None
+    sum_g_xmu = channel_sum(g, None, x, mean) if need_w or (need_x and stats_grad) else None
     dx = dw = db = None
     if need_x:
-        if ctx.stats_grad:
+        if stats_grad:
             count = _count(x)
-            dx = channel_affine(x, g, None, scale, x, mu, -scale * r * r * sum_g_xmu / count, -scale * sum_g / count)
+            dx = channel_affine(x, g, None, scale, x, mean, -scale * r * r * sum_g_xmu / count, -scale * sum_g / count)
         else:
             dx = channel_affine(x, g, None, scale)
-    if need_w and weight is not None:
+    if need_w:
         dw = (r * sum_g_xmu).to(weight.dtype)
     if need_b:
-        db = sum_g.to(ctx.bias_dtype)
-    return dx, dw, db, (g if need_res else None)
+        db = sum_g.to(bias_dtype or (weight.dtype if weight is not None else r.dtype))
+    return dx, dw, db
 
 
 def _update_running_stats(running_mean, running_var, mean, var, count, momentum):

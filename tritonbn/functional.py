@@ -144,9 +144,23 @@ def _batch_norm(
     if not isinstance(momentum, (int, float)):
         raise TypeError(f"batch_norm(): argument 'momentum' (position 7) must be float, not {type(momentum).__name__}")
     _check_inputs(input, running_mean, running_var, weight, bias, training, eps)
+    if torch.is_grad_enabled() and (
+        (running_mean is not None and running_mean.requires_grad)
+        or (running_var is not None and running_var.requires_grad)
+    ):
+        name = "running_mean" if running_mean is not None and running_mean.requires_grad else "running_var"
+        raise RuntimeError(
+            f"The function 'native_batch_norm' is not differentiable with respect to argument '{name}'. "
+            "This input cannot have requires_grad True."
+        )
     if input.numel() == 0:
         return _empty_batch(input, weight, bias, residual)
     if torch.compiler.is_compiling():
+        if autograd.transforms_active():
+            # the custom ops have no vmap or jvp rules: the autograd Function, run eagerly (a graph break)
+            return _eager_batch_norm_function(
+                input, weight, bias, running_mean, running_var, training, momentum, eps, detach_stats, residual, relu
+            )
         return ops.compiled_batch_norm(
             input, running_mean, running_var, weight, bias, training, momentum, eps, detach_stats, residual, relu
         )
@@ -165,6 +179,9 @@ def _batch_norm(
     return autograd.batch_norm_function(
         input, weight, bias, running_mean, running_var, training, momentum, eps, detach_stats, residual, relu
     )
+
+
+_eager_batch_norm_function = torch.compiler.disable(autograd.batch_norm_function)
 
 
 def _empty_batch(input, weight, bias, residual):
@@ -192,7 +209,8 @@ def batch_norm_backward(
     ``1/sqrt(var + eps)`` in training, the running mean and ``1/sqrt(running_var + eps)`` in eval
     (``training=False``, where the statistics are constants). ``grad_weight``/``grad_bias`` are ``None``
     when ``weight`` is ``None``. The result is not differentiable: use autograd for higher orders. Where
-    the kernels do not run (the plain CPU path) the same formulas run as torch ops.
+    the kernels do not run (the plain CPU path) the same formulas run as torch ops; under ``torch.func``
+    transforms (``vmap``, ``jvp``) they run through the differentiable primitives.
 
     Raises RuntimeError when ``grad_output`` and ``input`` differ in shape, and what
     :func:`torch.nn.functional.batch_norm` raises for the other arguments.
@@ -203,6 +221,16 @@ def batch_norm_backward(
         )
     _check_inputs(input, save_mean, save_invstd, weight, None, False, 0.0)
     acc = launch.acc_dtype(input.dtype)
+    if autograd.transforms_active():  # vmap, jvp: the same formulas through the primitives' rules
+        return autograd.closed_form_backward(
+            grad_output,
+            input,
+            weight,
+            save_mean.to(acc),
+            save_invstd.to(acc),
+            training,
+            (True, True, weight is not None),
+        )
     with torch.no_grad():
         stats = torch.stack([save_mean.to(acc), save_invstd.to(acc)])
         dx, dw, db, _ = autograd.backward_kernels(

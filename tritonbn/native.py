@@ -6,7 +6,8 @@ come from here instead of :mod:`tritonbn.launch`, so the plain CPU path has the 
 order, ``detach_stats`` and :func:`tritonbn.batch_norm_backward` as the kernels:
 
 * :func:`bn_forward` is torch's own batch norm (``torch.native_batch_norm``, the kernel behind
-  ``torch.nn.functional.batch_norm``), then the residual and the ReLU as torch ops;
+  ``torch.nn.functional.batch_norm``; in float32 for float16/bfloat16 inputs), then the residual and the
+  ReLU as torch ops;
 * :func:`backward_passes` is the first-order batch-norm backward in torch ops, summed in the
   accumulation dtype;
 * :func:`channel_sums` and :func:`channel_affine`, the primitives of the differentiable backward, are
@@ -22,6 +23,18 @@ import torch
 from tritonbn.launch import _empty_output, acc_dtype
 
 __all__ = ["backward_passes", "bn_forward", "channel_affine", "channel_sums"]
+
+
+# torch's legacy vmap (torch.autograd.functional's vectorize=True, autograd.grad's is_grads_batched) batches
+# tensors without functorch's transforms: such tensors are computed here, out of place.
+_legacy_batched = getattr(torch._C._functorch, "is_legacy_batchedtensor", lambda t: False)
+
+
+def _written(like: torch.Tensor, dtype: torch.dtype, value: torch.Tensor) -> torch.Tensor:
+    """``value`` in ``dtype``, laid out like ``like`` (out of place for a legacy-vmapped value)."""
+    if _legacy_batched(value):
+        return value.to(dtype)
+    return _empty_output(like, dtype).copy_(value)
 
 
 def _reduce_dims(t: torch.Tensor) -> list[int]:
@@ -50,10 +63,22 @@ def bn_forward(
     ``y = act(native_batch_norm(x, ...) + residual)`` in x's dtype, the running statistics updated in
     place in training as torch does. ``stats`` is (2, C) in the accumulation dtype: the mean and
     invstd = 1/sqrt(var + eps) the output was normalised with (batch statistics in training, running
-    statistics in eval).
+    statistics in eval). A float16/bfloat16 input is normalised in float32, as the kernels do: torch's
+    CPU batch norm keeps its statistics in half precision when the parameters are half too (or absent).
     """
-    y, mean, invstd = torch.native_batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps)
     acc = acc_dtype(x.dtype)
+    if x.dtype != acc:
+        rm, rv = _in(running_mean, acc), _in(running_var, acc)
+        y, stats = bn_forward(x.to(acc), _in(weight, acc), _in(bias, acc), rm, rv, training, momentum, eps, None, False)
+        if training:
+            for buf, new in ((running_mean, rm), (running_var, rv)):
+                if buf is not None and new is not buf:
+                    buf.copy_(new)
+        y = y.to(x.dtype)
+        if residual is not None:
+            y = y + residual
+        return (torch.relu(y) if relu else y), stats
+    y, mean, invstd = torch.native_batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps)
     if training:
         stats = torch.stack([mean.to(acc), invstd.to(acc)])
     else:
@@ -63,6 +88,10 @@ def bn_forward(
     if relu:
         y = torch.relu(y)
     return y, stats
+
+
+def _in(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if t is None else t.to(dtype)
 
 
 def backward_passes(
@@ -103,7 +132,7 @@ def backward_passes(
         scale = invstd if weight is None else invstd * weight.to(acc)
         if full:
             ga = ga - _per_channel(sum_g / count, x) - xmu * _per_channel(invstd * invstd * sum_g_xmu / count, x)
-        dx = _empty_output(x, x.dtype).copy_(ga * _per_channel(scale, x))
+        dx = _written(x, x.dtype, ga * _per_channel(scale, x))
     if need_weight:
         dw = (invstd * sum_g_xmu).to(weight.dtype)
     if need_bias:
@@ -159,7 +188,6 @@ def channel_affine(
     """
     dtype = dtype or like.dtype
     acc = acc_dtype(dtype if t1 is None else torch.promote_types(dtype, t1.dtype))
-    out = _empty_output(like, dtype)
     total = None
     for i, (t, mu, a) in enumerate(((t1, mu1, a1), (t2, mu2, a2))):
         if t is None:
@@ -176,9 +204,9 @@ def channel_affine(
         g = _per_channel(g.to(acc), like)
         total = g.expand(like.shape) if total is None else total + g
     if total is None:
-        return out.zero_()
+        return _empty_output(like, dtype).zero_()
     if relu:
         total = torch.relu(total)
     if gate is not None and gate_output:
         total = torch.where(gate <= 0, 0, total)
-    return out.copy_(total)
+    return _written(like, dtype, total)
