@@ -286,7 +286,7 @@ class _ChannelAffine(Function):
         need = ctx.needs_input_grad
         grads = [None] * 9
         if gate is not None:
-            go = channel_affine(go, go, None, torch.ones_like(a1 if a1 is not None else a2), gate=gate)
+            go = channel_affine(go, go, gate=gate)
         sum_go = None
         if need[2] or need[5] or need[7]:
             sum_go = channel_sum(go)
@@ -550,7 +550,7 @@ def _forward_tangent(ctx, x, weight, mean, invstd, y, dx, dw, db, dres):
     if out is None:
         return torch.zeros_like(x)
     if ctx.relu:  # torch's ReLU jvp: the tangent where the output is positive
-        out = channel_affine(out, out, None, torch.ones_like(r), gate=y)
+        out = channel_affine(out, out, gate=y)
     return out
 
 
@@ -627,7 +627,7 @@ def _differentiable_backward(ctx, grad_output, x, weight, mean, invstd, y, needs
     """
     g = grad_output
     if ctx.relu:
-        g = channel_affine(g, g, None, torch.ones_like(invstd), gate=y.detach())
+        g = channel_affine(g, g, gate=y.detach())
     mu, r = _batch_stats_of(ctx, x, mean, invstd)
     dx, dw, db = closed_form_backward(g, x, weight, mu, r, ctx.stats_grad, needs, ctx.bias_dtype)
     return dx, dw, db, (g if need_res else None)

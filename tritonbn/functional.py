@@ -144,7 +144,8 @@ def _batch_norm(
     if not isinstance(momentum, (int, float)):
         raise TypeError(f"batch_norm(): argument 'momentum' (position 7) must be float, not {type(momentum).__name__}")
     _check_inputs(input, running_mean, running_var, weight, bias, training, eps)
-    if torch.is_grad_enabled() and (
+    grad_enabled = torch.is_grad_enabled()
+    if grad_enabled and (
         (running_mean is not None and running_mean.requires_grad)
         or (running_var is not None and running_var.requires_grad)
     ):
@@ -164,7 +165,7 @@ def _batch_norm(
         return ops.compiled_batch_norm(
             input, running_mean, running_var, weight, bias, training, momentum, eps, detach_stats, residual, relu
         )
-    needs_graph = torch.is_grad_enabled() and (
+    needs_graph = grad_enabled and (
         input.requires_grad
         or (weight is not None and weight.requires_grad)
         or (bias is not None and bias.requires_grad)

@@ -67,22 +67,19 @@ def bn_forward(
     CPU batch norm keeps its statistics in half precision when the parameters are half too (or absent).
     """
     acc = acc_dtype(x.dtype)
-    if x.dtype != acc:
-        rm, rv = _in(running_mean, acc), _in(running_var, acc)
-        y, stats = bn_forward(x.to(acc), _in(weight, acc), _in(bias, acc), rm, rv, training, momentum, eps, None, False)
-        if training:
-            for buf, new in ((running_mean, rm), (running_var, rv)):
-                if buf is not None and new is not buf:
-                    buf.copy_(new)
-        y = y.to(x.dtype)
-        if residual is not None:
-            y = y + residual
-        return (torch.relu(y) if relu else y), stats
-    y, mean, invstd = torch.native_batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps)
+    # (no copies for float32/float64: ``Tensor.to`` returns the tensor itself in its own dtype)
+    rm, rv = _in(running_mean, acc), _in(running_var, acc)
+    y, mean, invstd = torch.native_batch_norm(
+        x.to(acc), _in(weight, acc), _in(bias, acc), rm, rv, training, momentum, eps
+    )
     if training:
-        stats = torch.stack([mean.to(acc), invstd.to(acc)])
+        for buf, new in ((running_mean, rm), (running_var, rv)):
+            if buf is not None and new is not buf:  # a half-precision buffer: its float32 copy written back
+                buf.copy_(new)
+        stats = torch.stack([mean, invstd])
     else:
-        stats = torch.stack([running_mean.to(acc), torch.rsqrt(running_var.to(acc) + eps)])
+        stats = torch.stack([rm, torch.rsqrt(rv + eps)])
+    y = y.to(x.dtype)
     if residual is not None:
         y = y + residual
     if relu:
@@ -183,7 +180,8 @@ def channel_affine(
     """:func:`tritonbn.launch.channel_affine` by torch: ``a1[c]·(t1 - mu1[c]) + a2[c]·(t2 - mu2[c]) + g[c]``
     in the accumulation dtype, written shaped and laid out like ``like`` in ``dtype`` (default ``like.dtype``).
 
-    Missing terms are 0 (a missing coefficient is 1). ``relu`` clamps at 0; ``gate`` zeroes ``t1`` (with
+    Missing terms are 0, a missing ``mu`` too; a given term comes with its coefficient, as the kernel
+    requires (:func:`tritonbn.autograd.channel_affine` supplies 1). ``relu`` clamps at 0; ``gate`` zeroes ``t1`` (with
     ``gate_output``, the result) where ``gate <= 0``, as torch's ReLU backward does.
     """
     dtype = dtype or like.dtype
@@ -195,8 +193,7 @@ def channel_affine(
         term = t.to(acc)
         if mu is not None:
             term = term - _per_channel(mu.to(acc), t)
-        if a is not None:
-            term = term * _per_channel(a.to(acc), t)
+        term = term * _per_channel(a.to(acc), t)
         if i == 0 and gate is not None and not gate_output:
             term = torch.where(gate <= 0, 0, term)
         total = term if total is None else total + term
