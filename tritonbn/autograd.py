@@ -220,7 +220,7 @@ class _ChannelSum(Function):
 
 
 class _ChannelAffine(Function):
-    """[gate > 0]·(a1·(t1 - mu1) + a2·(t2 - mu2) + g), per channel, shaped and laid out like ``like``.
+    """[not gate <= 0]·(a1·(t1 - mu1) + a2·(t2 - mu2) + g), per channel, shaped and laid out like ``like``.
 
     ``gate`` (optional, not differentiated: it is piecewise constant) is how ReLU enters the graph:
     relu(z) = [z > 0]·z.
@@ -325,7 +325,7 @@ def channel_affine(
     g: torch.Tensor | None = None,
     gate: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Differentiable ``[gate > 0]·(a1·(t1 - mu1) + a2·(t2 - mu2) + g)`` with (C,) coefficients, like ``like``.
+    """Differentiable ``[not gate <= 0]·(a1·(t1 - mu1) + a2·(t2 - mu2) + g)`` with (C,) coefficients, like ``like``.
 
     Any term may be omitted; a missing ``mu`` is 0 and a missing coefficient of a given term is 1.
     """
@@ -368,10 +368,10 @@ def backward_kernels(
 
     (the batch-norm backward of Ioffe & Szegedy 2015, as torch's ``native_batch_norm_backward``).
     ``dweight`` is computed only with a ``weight`` (in its dtype); ``dbias`` when ``need_bias``, in
-    ``bias_dtype`` (default: the weight's dtype, else the accumulation dtype). With ``relu_output`` (the
-    output y of a fused batch norm + ReLU) every dy above is dy·[y > 0], applied inside the kernels, and
-    ``need_residual`` returns that gated dy as the residual's gradient. One launch (one reduction pass that
-    also writes dx) when the statistics are constants or a channel block fits one tile; else two.
+    ``bias_dtype`` (default: the weight's dtype, else the accumulation dtype). With ``relu_output`` (the output y of a
+    fused batch norm + ReLU) every dy above is zeroed where y <= 0 (as torch's ReLU backward), inside the kernels,
+    and ``need_residual`` returns that gated dy as the residual's gradient. One launch (one reduction pass that also
+    writes dx) when the statistics are constants or a channel block fits one tile; else two.
     """
     dx, dw, db, dres, _ = _impl(x).backward_passes(
         grad_output,
@@ -525,7 +525,7 @@ def _forward_tangent(ctx, x, weight, mean, invstd, y, dx, dw, db, dres):
     With r = invstd and, where the statistics depend on x (train mode, not detached),
     dmean = Σdx/M and dr = -r³·Σ(x - mean)·dx/M (Σ(x - mean) = 0 removes the dmean term of dvar)::
 
-        dy = w·r·(dx - dmean) + (w·dr + dw·r)·(x - mean) + db [+ dres]      (·[y > 0] with a fused ReLU)
+        dy = w·r·(dx - dmean) + (w·dr + dw·r)·(x - mean) + db [+ dres]      (zeroed where y <= 0 with a fused ReLU)
 
     the jvp of torch's ``batch_norm`` (its ``batch_norm_jvp``). Built from the differentiable primitives,
     so forward-over-forward and forward-over-reverse derivatives are right at every order.
@@ -623,7 +623,7 @@ def _differentiable_backward(ctx, grad_output, x, weight, mean, invstd, y, needs
     and inside ``torch.func`` transforms).
 
     The statistics come from :func:`_batch_stats_of`, so that in train mode the gradient carries their
-    dependence on ``x`` into every higher order. The ReLU mask [y > 0] is piecewise constant.
+    dependence on ``x`` into every higher order. The ReLU mask (zero where y <= 0) is piecewise constant.
     """
     g = grad_output
     if ctx.relu:

@@ -589,10 +589,10 @@ def bn_backward(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """The fused first-order backward: ``(dx, dweight, dbias, dresidual, coef)``.
 
-    ``stats`` is the (≥ 2, C) statistics tensor of the forward (rows: mean, invstd). With ``relu_output``
-    (the y of a fused ReLU) every dy is dy·[y > 0]; ``need_residual`` also returns that gated dy, the
-    residual's gradient (without ``relu_output``: ``grad_output`` itself, no pass). ``coef`` (5, C)
-    holds (scale, beta, gamma, Σdy, Σdy·(x - mean)) when a reduction ran (else None). ``coef_only`` runs the
+    ``stats`` is the (≥ 2, C) statistics tensor of the forward (rows: mean, invstd). With ``relu_output`` (the y of a
+    fused ReLU) every dy is zeroed where y <= 0 (torch's ReLU backward: NaN passes); ``need_residual`` also returns
+    that gated dy, the residual's gradient (without ``relu_output``: ``grad_output`` itself, no pass). ``coef``
+    (5, C) holds (scale, beta, gamma, Σdy, Σdy·(x - mean)) when a reduction ran (else None). ``coef_only`` runs the
     reduction alone (SyncBatchNorm exchanges Σdy and Σdy·(x - mean) before dx). See
     :func:`tritonbn.autograd.backward_kernels` for the formulas.
     """
@@ -744,7 +744,7 @@ def bn_backward_dx(
     *,
     relu_output: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """dx = coef[0]·g + coef[1]·(x - stats[0]) + coef[2] with g = dy (·[y > 0] with ``relu_output``): the
+    """dx = coef[0]·g + coef[1]·(x - stats[0]) + coef[2] with g = dy (zeroed where ``relu_output`` <= 0): the
     input gradient from given coefficients, one launch (SyncBatchNorm's, after its all_reduce)."""
     gv, xv = ncs_view(grad_output), ncs_view(x)
     dx = _empty_output(xv.tensor, x.dtype)
@@ -884,7 +884,7 @@ def channel_sums(
     """Per-channel ``Σ (u - mu_u)`` (if ``want_sum_u``) and ``Σ (u - mu_u)·(v - mu_v)`` (if ``v`` is given).
 
     Sums run over N and the spatial dims in the accumulation dtype; ``mu_*`` are per-channel (C,) centres.
-    With ``gate``, ``u - mu_u`` counts only where ``gate > 0`` (a fused ReLU's mask). One tile per program;
+    With ``gate``, ``u - mu_u`` counts only where not ``gate <= 0`` (a fused ReLU's mask). One tile per program;
     a torch sum finishes the per-tile partials (the primitives of the double backward).
     """
     acc = acc_dtype(torch.promote_types(u.dtype, v.dtype) if v is not None else u.dtype)

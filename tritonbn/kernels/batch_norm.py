@@ -231,6 +231,16 @@ def _relu(v):
 
 
 @_device
+def _finite_or_zero(v, ACC: tl.constexpr):
+    """v where it is finite, else 0. A shift taken from the data (the shifted-data algorithm's K, a merge's
+    reference mean) must be finite: inf - inf is NaN, which would turn a mean of inf into NaN. A shift of 0
+    lets the sums carry the inf or NaN into the mean, as torch's sum does. (The test runs in the
+    accumulation dtype: Triton's interpreter computes bfloat16 inf - inf as 0.)"""
+    a = v.to(ACC)
+    return tl.where(a - a == 0, v, 0.0)
+
+
+@_device
 def _split_scalar(hi, lo, ACC: tl.constexpr):
     """A host float passed as two float32 halves (hi + lo), rebuilt in the accumulation dtype."""
     return tl.cast(hi, ACC) + tl.cast(lo, ACC)
@@ -275,12 +285,12 @@ def _merge_partials(
 ):
     """Merge P (mean, M2, count) partials per channel with Chan's parallel formula, in partial order.
 
-    mean = m_0 + Σ n_p (m_p - m_0) / M   (shifted by the first partial's mean)
+    mean = m_0 + Σ n_p (m_p - m_0) / M   (shifted by the first partial's mean, or 0 if not finite)
     M2   = Σ M2_p + Σ n_p (m_p - mean)²
     Returns the mean and the biased variance M2 / M. The partials are laid out (3, P, C); a chunk's count
     is the same for every channel of its block, so it is read once per partial (from channel c0).
     """
-    m0 = tl.load(part_ptr + offs_c, mask=m_c, other=0.0, cache_modifier=".cg").to(ACC)
+    m0 = _finite_or_zero(tl.load(part_ptr + offs_c, mask=m_c, other=0.0, cache_modifier=".cg").to(ACC), ACC)
     acc = tl.zeros([BLOCK_C], dtype=ACC)
     for p0 in range(0, P, BLOCK_P):
         offs_p = p0 + tl.arange(0, BLOCK_P)
@@ -433,8 +443,8 @@ def bn_forward_stats_kernel(
 
     Writes ``stats`` (4, C) = (mean, invstd, weight·invstd, biased var) and updates the running statistics
     in their own dtype. Statistics use the shifted-data algorithm with the shift K = the first element the
-    program reads, per channel: d = x - K, mean = K + Σd/n, M2 = Σd² - (Σd)²/n, so nothing cancels
-    catastrophically when |mean| >> std and a constant channel gives M2 = 0; masked lanes read K itself
+    program reads, per channel (0 if it is not finite): d = x - K, mean = K + Σd/n, M2 = Σd² - (Σd)²/n, so
+    nothing cancels catastrophically when |mean| >> std and a constant channel gives M2 = 0; masked lanes read K itself
     and add exactly 0. Without SINGLE each program reduces a chunk of TPP tiles into partials
     (3, P, C) = (mean, M2, count) after ``stats``, and the last program of the channel block merges them
     (Chan). With SINGLE (T == 1: the channel block's rows are one tile) the program keeps d in registers and
@@ -455,7 +465,7 @@ def bn_forward_stats_kernel(
         s0 = nb * 0
     else:
         s0 = sb * BLOCK_S
-    k_x = tl.load(x_ptr + _off(n0, s0, offs_c, sxn, sxs, sxc, WIDE), mask=m_c)
+    k_x = _finite_or_zero(tl.load(x_ptr + _off(n0, s0, offs_c, sxn, sxs, sxc, WIDE), mask=m_c), ACC)
     k = k_x.to(ACC)
     # lanes masked off along N or S read K (d = 0 adds nothing); lanes of channels past C are never stored
     k_other = tl.broadcast_to(k_x[None, :], [BLOCK_N * BLOCK_S, BLOCK_C])
@@ -721,7 +731,8 @@ def bn_backward_reduce_kernel(
     BLOCK_P: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    """Σg and Σg·(x - mean) per channel, g = dy (times [y > 0] with GATE, a fused ReLU's mask).
+    """Σg and Σg·(x - mean) per channel, g = dy (zeroed where y <= 0 with GATE: a fused
+    ReLU's mask, as torch's ``threshold_backward``, which lets NaN through).
 
     The last program of each channel block (or the only one, SINGLE) writes dweight = invstd·Σg·(x - mean)
     and dbias = Σg in their dtypes, and ``coef`` (5, C) = (scale, beta, gamma, Σg, Σg·(x - mean)) with
@@ -756,7 +767,7 @@ def bn_backward_reduce_kernel(
         g = _load_zero_rows(dy_ptr + _off(n0, s0, c0, sgn, sgs, sgc, WIDE), rel_g, mask, MASK_N or MASK_S, ACC)
         if GATE:
             gate = tl.load((y_ptr + _off(n0, s0, c0, syn, sys_, syc, WIDE)) + rel_y, mask=mask)
-            g = tl.where(gate > 0, g, 0.0)
+            g = tl.where(gate <= 0, 0.0, g)
         if WRITE_DRES:
             tl.store(
                 (dres_ptr + _off(n0, s0, c0, sdn, sds, sdc, WIDE)) + rel_d, g.to(dres_ptr.dtype.element_ty), mask=mask
@@ -808,7 +819,7 @@ def bn_backward_reduce_kernel(
             g = _load_zero_rows(dy_ptr + _off(n0, s0, c0, sgn, sgs, sgc, WIDE), rel_g, mask, MASK_N or MASK_S, ACC)
             if GATE:
                 gate = tl.load((y_ptr + _off(n0, s0, c0, syn, sys_, syc, WIDE)) + rel_y, mask=mask)
-                g = tl.where(gate > 0, g, 0.0)
+                g = tl.where(gate <= 0, 0.0, g)
             acc_g += g
             if NEED_XMU:
                 x = _load_zero_rows(x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE), rel_x, mask, MASK_N or MASK_S, ACC)
@@ -941,7 +952,7 @@ def bn_backward_dx_kernel(
     HAS_W: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    """dx = scale·g + beta·(x - mean) + gamma over a chunk of TPP tiles, g = dy (·[y > 0] with GATE).
+    """dx = scale·g + beta·(x - mean) + gamma over a chunk of TPP tiles, g = dy (zeroed where y <= 0 with GATE).
 
     With STATS_GRAD the coefficients come from ``coef`` (written by the reduction kernel); otherwise
     dx = weight·invstd·g from ``stats`` directly (eval, detached statistics: no reduction pass needed).
@@ -979,7 +990,7 @@ def bn_backward_dx_kernel(
         g = tl.load((dy_ptr + _off(n0, s0, c0, sgn, sgs, sgc, WIDE)) + rel_g, mask=mask).to(ACC)
         if GATE:
             gate = tl.load((y_ptr + _off(n0, s0, c0, syn, sys_, syc, WIDE)) + rel_y, mask=mask)
-            g = tl.where(gate > 0, g, 0.0)
+            g = tl.where(gate <= 0, 0.0, g)
         if WRITE_DX:
             dx = g * scale[None, :]
             if STATS_GRAD:
@@ -1017,14 +1028,15 @@ def stats_merge_kernel(
 ):
     """Merge P (mean, M2, count) partials per channel with Chan's parallel formula (some counts may be 0).
 
-    mean = m_0 + Σ n_p (m_p - m_0) / R   (m_0 = the first partial's mean; put a non-empty partial first)
+    mean = m_0 + Σ n_p (m_p - m_0) / R   (m_0 = the first partial's mean, or 0 if not finite; put a non-empty
+    partial first)
     M2   = Σ M2_p + Σ n_p (m_p - mean)²
     Writes the mean and the biased variance M2 / R. Used to merge the statistics of a process group's ranks.
     """
     pid_c = tl.program_id(0)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     m_c = offs_c < C
-    m0 = tl.load(mean_p_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
+    m0 = _finite_or_zero(tl.load(mean_p_ptr + offs_c, mask=m_c, other=0.0).to(ACC), ACC)
     acc = tl.zeros([BLOCK_C], dtype=ACC)
     for p0 in range(0, P, BLOCK_P):
         offs_p = p0 + tl.arange(0, BLOCK_P)
@@ -1143,7 +1155,7 @@ def channel_sums_kernel(
         a = tl.where(mask, a - tl.load(mu_u_ptr + offs_c, mask=m_c, other=0.0).to(ACC)[None, :], 0.0)
     if HAS_GATE:
         gate = _load_tile(gate_ptr, n0, s0, c0, mask, sgn, sgs, sgc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE, ACC)
-        a = tl.where(gate > 0, a, 0.0)
+        a = tl.where(gate <= 0, 0.0, a)
     p_out = t.to(tl.int64) * C + offs_c
     if WANT_SUM_U:
         tl.store(sum_u_p_ptr + p_out, _sum_nc(a), mask=m_c)
@@ -1201,7 +1213,7 @@ def channel_affine_kernel(
 ):
     """out = a1[c]·(t1 - mu1[c]) + a2[c]·(t2 - mu2[c]) + g[c], every term optional (one tile per program).
 
-    Fused activations: RELU clamps the result at 0 (keeping NaN), and ``gate`` masks by [gate > 0] either
+    Fused activations: RELU clamps the result at 0 (keeping NaN), and ``gate`` zeroes where gate <= 0 either
     ``t1`` (GATE == 1) or the whole output (GATE == 2: ReLU's derivative as a differentiable primitive).
     SAME_STRIDES: every operand has the output's strides.
     """
@@ -1227,7 +1239,7 @@ def channel_affine_kernel(
         if HAS_MU1:
             t1 = t1 - tl.load(mu1_ptr + offs_c, mask=m_c, other=0.0).to(ACC)[None, :]
         if GATE == 1:
-            t1 = tl.where(gate > 0, t1, 0.0)
+            t1 = tl.where(gate <= 0, 0.0, t1)
         out += t1 * tl.load(a1_ptr + offs_c, mask=m_c, other=0.0).to(ACC)[None, :]
     if HAS_T2:
         t2 = _load_tile(t2_ptr, n0, s0, c0, mask, s2n, s2s, s2c, BLOCK_N, BLOCK_S, BLOCK_C, WIDE, ACC)
@@ -1239,7 +1251,7 @@ def channel_affine_kernel(
     if RELU:
         out = _relu(out)
     if GATE == 2:
-        out = tl.where(gate > 0, out, 0.0)
+        out = tl.where(gate <= 0, 0.0, out)
     rel = _rel_offsets(son, sos, soc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
     p_out = (out_ptr + _off(n0, s0, c0, son, sos, soc, WIDE)) + rel
     tl.store(p_out, out.to(out_ptr.dtype.element_ty), mask=mask)
