@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
@@ -108,3 +109,37 @@ def test_mixed_precision_parameters_are_accepted(kernels):
         x = torch.randn(4, 3, 5, device=kernels, dtype=dtype)
         y = tritonbn.batch_norm(x, torch.zeros(3, device=kernels), torch.ones(3, device=kernels), training=True)
         assert y.dtype == dtype
+
+
+_PARAM_DTYPES = [None, torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_every_dtype_mix_gets_torch_verdict(path, dtype, training):
+    """Every mix of input, weight, bias, running_mean and running_var dtypes (each absent or any floating
+    type): torch's exception type and message, or torch's acceptance with its output dtype and values."""
+    x = torch.randn(4, 3, 2)
+    for w_dt, b_dt, rm_dt, rv_dt in itertools.product(_PARAM_DTYPES, repeat=4):
+        if not training and (rm_dt is None or rv_dt is None):
+            continue  # (eval needs both: covered by eval-without-running-stats)
+
+        def call(fn, device, dtypes=(rm_dt, rv_dt, w_dt, b_dt)):
+            values = (0.5, 2.0, 1.5, -0.5)  # running_mean, running_var, weight, bias
+            args = [
+                None if d is None else torch.full((3,), v, dtype=d, device=device)
+                for d, v in zip(dtypes, values, strict=True)
+            ]
+            try:
+                return fn(x.to(device=device, dtype=dtype), *args, training=training, momentum=0.1)
+            except Exception as e:  # whatever torch raises is the expectation
+                return e
+
+        what = f"input {dtype}, weight {w_dt}, bias {b_dt}, running_mean {rm_dt}, running_var {rv_dt}"
+        theirs, ours = call(F.batch_norm, "cpu"), call(tritonbn.batch_norm, path)
+        if isinstance(theirs, Exception):
+            assert type(ours) is type(theirs) and str(ours) == str(theirs), f"{what}: {ours!r} != {theirs!r}"
+        else:
+            assert isinstance(ours, torch.Tensor), f"{what}: torch accepts, tritonbn raised {ours!r}"
+            assert ours.dtype == theirs.dtype, what
+            torch.testing.assert_close(ours.cpu().float(), theirs.float(), atol=2e-2, rtol=2e-2, msg=what)

@@ -38,8 +38,11 @@ def uses_triton(t: torch.Tensor) -> bool:
     return launch.uses_triton(t)
 
 
-def _check_inputs(input, running_mean, running_var, weight, bias, training, eps) -> None:
-    """Raise what ``torch.nn.functional.batch_norm`` raises, with the same type and message."""
+def _check_inputs(input, running_mean, running_var, weight, bias, training, eps, *, dtypes: bool = True) -> None:
+    """Raise what ``torch.nn.functional.batch_norm`` raises, with the same type and message.
+
+    ``dtypes=False`` leaves the dtypes of the parameters unchecked (the caller checks them its own way).
+    """
     if training and (input.dim() < 2 or input.shape[1] == 0 or input.numel() == input.shape[1]):
         # one value per channel, or a shape torch's check must judge (it is the only case it can raise)
         F._verify_batch_size(input.size())
@@ -71,14 +74,52 @@ def _check_inputs(input, running_mean, running_var, weight, bias, training, eps)
                 f"Expected all tensors to be on the same device, but found at least two devices, "
                 f"{device} and {t.device}!"
             )
-    # torch's mixed-dtype rule: parameters (weight, bias, running stats) either take the input's dtype, or
-    # are all float32 with a float16/bfloat16 input (mixed precision). The first defined one decides.
-    first = next((t for t in (weight, bias, running_mean, running_var) if t is not None), None)
-    if first is not None and first.dtype != input.dtype:
-        if any(t.dtype != torch.float32 for t in defined):
-            raise RuntimeError("mixed dtype (CPU): expect parameter to have scalar type of Float")
-        if input.dtype not in (torch.float16, torch.bfloat16):
-            raise RuntimeError("mixed dtype (CPU): all inputs must share same datatype.")
+    if dtypes:
+        _check_dtypes(input, running_mean, running_var, weight, bias, training)
+
+
+def _check_dtypes(input, running_mean, running_var, weight, bias, training) -> None:
+    """Raise what torch raises for this mix of input and parameter dtypes, or nothing where torch accepts it.
+
+    Parameters all in the input's dtype always pass. Any other mix gets torch's own verdict on the
+    input's device (its rules differ between devices and between its training and evaluation kernels):
+    see :func:`_dtype_verdict`.
+    """
+    if torch.compiler.is_compiling():
+        return  # fake tensors: the custom op checks the real ones when it runs, as torch's own op does
+    dtypes = tuple(None if t is None else t.dtype for t in (running_mean, running_var, weight, bias))
+    if all(d is None or d == input.dtype for d in dtypes):
+        return
+    verdict = _dtype_verdict(input.device.type, input.dtype, dtypes, bool(training))
+    if verdict is not None:
+        error_type, message = verdict
+        raise error_type(message)
+
+
+_DTYPE_VERDICTS: dict[tuple, tuple[type, str] | None] = {}
+
+
+def _dtype_verdict(device_type: str, input_dtype, dtypes: tuple, training: bool) -> tuple[type, str] | None:
+    """torch's verdict on a dtype mix: ``None`` (accepted) or (exception type, message).
+
+    Found by asking torch itself, once per mix (then cached): ``torch.nn.functional.batch_norm`` on a
+    (2, 1) input of these dtypes on this device type. Its checks are spread over its CPU kernels'
+    templates (which tensor is read first decides the message); replaying them gives its exact answer on
+    every torch version.
+    """
+    key = (device_type, input_dtype, dtypes, training)
+    if key not in _DTYPE_VERDICTS:
+        device = torch.device(device_type)
+        x = torch.zeros(2, 1, dtype=input_dtype, device=device)
+        rm, rv, w, b = (None if d is None else torch.ones(1, dtype=d, device=device) for d in dtypes)
+        verdict = None
+        try:
+            with torch.no_grad():
+                F.batch_norm(x, rm, rv, w, b, training, 0.1, 1e-5)
+        except (RuntimeError, TypeError, ValueError) as e:
+            verdict = type(e), str(e)
+        _DTYPE_VERDICTS[key] = verdict
+    return _DTYPE_VERDICTS[key]
 
 
 def batch_norm(
@@ -220,7 +261,9 @@ def batch_norm_backward(
         raise RuntimeError(
             f"grad_output must have the shape of input, got {tuple(grad_output.shape)} and {tuple(input.shape)}"
         )
-    _check_inputs(input, save_mean, save_invstd, weight, None, False, 0.0)
+    _check_inputs(input, save_mean, save_invstd, weight, None, False, 0.0, dtypes=False)
+    # the saved statistics are in the accumulation dtype (or the input's); weight follows the forward's rule
+    _check_dtypes(input, None, None, weight, None, True)
     acc = launch.acc_dtype(input.dtype)
     if autograd.transforms_active():  # vmap, jvp: the same formulas through the primitives' rules
         return autograd.closed_form_backward(

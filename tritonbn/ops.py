@@ -44,6 +44,9 @@ def batch_norm_forward(
     relu: bool,
     detach_stats: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    from tritonbn.functional import _check_dtypes  # (functional imports this module)
+
+    _check_dtypes(x, running_mean, running_var, weight, bias, training)
     new_mean, new_var = x.new_empty(0), x.new_empty(0)
     if training and running_mean is not None:
         new_mean = running_mean.clone()
