@@ -220,7 +220,40 @@ def _first_order_only(rank: int) -> None:
         dx.sum().backward()
 
 
+def _one_value_in_the_group(rank: int) -> None:
+    """One value per channel across the whole group: single-process batch norm's ValueError on every rank,
+    where torch's SyncBatchNorm would move running_var toward 0 (a biased variance of 0 divided by n - 1 = 0)."""
+    for tail in ((), (1,), (1, 1)):
+        x = torch.randn(1 - rank, 3, *tail, dtype=torch.float64)  # rank 0 holds one sample, rank 1 none
+        m = tritonbn.SyncBatchNorm(3).double()
+        message = f"Expected more than 1 value per channel when training, got input size {x.size()}"
+        with pytest.raises(ValueError, match=re.escape(message)):
+            m(x)
+        assert torch.equal(m.running_var, torch.ones(3, dtype=torch.float64)), "running_var moved"
+
+
+def _nonfinite_in_the_group(rank: int) -> None:
+    """inf and NaN on one rank: the output and statistics of torch's batch norm on the whole batch. Rank 0
+    holds more samples, so its partial (a mean of inf in channel 1) is the reference of Chan's merge."""
+    sizes = (3, 2)
+    x_all = make_input((sum(sizes), 3, 4), torch.float32, "cpu", mean=3.0)
+    x_all[0, 1, 0] = float("inf")
+    x_all[4, 0, 3] = float("-inf")
+    x_all[3, 2, 1] = float("nan")
+    start = sum(sizes[:rank])
+    m = tritonbn.SyncBatchNorm(3, momentum=1.0)
+    y = m(x_all[start : start + sizes[rank]])
+    rm, rv = torch.zeros(3), torch.ones(3)
+    y_ref = F.batch_norm(x_all, rm, rv, training=True, momentum=1.0)
+    torch.testing.assert_close(y, y_ref[start : start + sizes[rank]], equal_nan=True)
+    torch.testing.assert_close(m.running_mean, rm, equal_nan=True)
+    torch.testing.assert_close(m.running_var, rv, equal_nan=True)
+    assert m.running_mean[1].item() == float("inf") and m.running_mean[0].item() == float("-inf")
+
+
 def _two_ranks(rank: int, world_size: int) -> None:
+    _one_value_in_the_group(rank)
+    _nonfinite_in_the_group(rank)
     _layer_case(rank, "2d-cl-uneven", sizes=(4, 1), tail=(3, 5), layout="channels_last", steps=2)
     # The one-tensor all_gather that NCCL gets (gloo takes it too in recent torch versions).
     get_backend = dist.get_backend

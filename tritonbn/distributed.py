@@ -71,6 +71,11 @@ class SyncBatchNormFunction(Function):
         gathered = _all_gather(packed, process_group, world_size)
         counts = [int(n) for n in gathered[:, 0].tolist()]  # the one host sync, as in torch's SyncBatchNorm
         total = sum(counts)
+        if total == 1:
+            # One value per channel in the whole group: the unbiased variance of the running statistics is
+            # undefined. Raise on every rank, as a single process does (torch's SyncBatchNorm raises only for
+            # a group of one and otherwise moves running_var toward 0).
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.size()}")
         # Merge the non-empty ranks, the largest first: Chan's formula shifts by the first partial's mean.
         ranks = sorted((r for r in range(world_size) if counts[r] > 0), key=lambda r: -counts[r])
         if ranks:
@@ -153,6 +158,11 @@ class SyncBatchNorm(nn.SyncBatchNorm):
     Statistics are synchronised only in training with ``torch.distributed`` initialised and more than
     one rank in ``process_group`` (default: the whole world); otherwise this is :func:`tritonbn.batch_norm`.
     Ranks may hold different batch sizes, including empty ones.
+
+    Raises ValueError ("Expected more than 1 value per channel when training, got input size ...", as
+    single-process batch norm) on every rank when the whole group holds one value per channel in training.
+    torch's SyncBatchNorm raises this only for a single process and otherwise divides by count - 1 = 0 in
+    the running-variance update.
     """
 
     def __init__(self, *args, detach_stats: bool = False, **kwargs) -> None:
