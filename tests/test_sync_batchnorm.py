@@ -251,8 +251,47 @@ def _nonfinite_in_the_group(rank: int) -> None:
     assert m.running_mean[1].item() == float("inf") and m.running_mean[0].item() == float("-inf")
 
 
+def _fused_in_the_group(rank: int) -> None:
+    """SyncBatchNormReLU and SyncBatchNormAddReLU against relu(batch_norm(x) [+ r]) on the whole batch: the
+    ReLU mask folded into the synchronised backward, the residual's gradient from the same pass."""
+    sizes = (3, 2)
+    start = sum(sizes[:rank])
+    mine = slice(start, start + sizes[rank])
+    for cls in (tritonbn.SyncBatchNormReLU, tritonbn.SyncBatchNormAddReLU):
+        for need_x in (True, False):
+            torch.manual_seed(1)
+            x_all = make_input((sum(sizes), 3, 2, 3), torch.float64, "cpu", mean=0.5)
+            r_all, dy_all = torch.randn_like(x_all), torch.randn_like(x_all)
+            m = cls(3, momentum=0.5).double()
+            w, b = (torch.randn(3, dtype=torch.float64) for _ in range(2))
+            with torch.no_grad():
+                m.weight.copy_(w)
+                m.bias.copy_(b)
+            x, r = x_all[mine].clone().requires_grad_(need_x), r_all[mine].clone().requires_grad_()
+            y = m(x, r) if cls.takes_residual else m(x)
+            y.backward(dy_all[mine])
+            x_ref, r_ref = x_all.clone().requires_grad_(), r_all.clone().requires_grad_()
+            w_ref, b_ref = w.clone().requires_grad_(), b.clone().requires_grad_()
+            rm, rv = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+            y_ref = F.batch_norm(x_ref, rm, rv, w_ref, b_ref, training=True, momentum=0.5)
+            y_ref = torch.relu(y_ref + r_ref if cls.takes_residual else y_ref)
+            y_ref.backward(dy_all)
+            where = f"{cls.__name__}, rank {rank}, need_x {need_x}"
+            assert_close(y, y_ref[mine], torch.float64, "y", f"{where}: y")
+            if need_x:
+                assert_close(x.grad, x_ref.grad[mine], torch.float64, "grad", f"{where}: dx")
+            if cls.takes_residual:
+                assert_close(r.grad, r_ref.grad[mine], torch.float64, "grad", f"{where}: dresidual")
+            for p, p_ref in ((m.weight, w_ref), (m.bias, b_ref)):
+                g = p.grad.clone()
+                dist.all_reduce(g)
+                assert_close(g, p_ref.grad, torch.float64, "grad", f"{where}: dweight/dbias")
+            assert_close(m.running_var, rv, torch.float64, "stats", f"{where}: running_var")
+
+
 def _two_ranks(rank: int, world_size: int) -> None:
     _one_value_in_the_group(rank)
+    _fused_in_the_group(rank)
     _nonfinite_in_the_group(rank)
     _layer_case(rank, "2d-cl-uneven", sizes=(4, 1), tail=(3, 5), layout="channels_last", steps=2)
     # The one-tensor all_gather that NCCL gets (gloo takes it too in recent torch versions).

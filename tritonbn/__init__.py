@@ -1,6 +1,6 @@
 """tritonbn: batch normalization in Triton, drop-in for torch.nn, with gradients right at every order."""
 
-from tritonbn.distributed import SyncBatchNorm
+from tritonbn.distributed import SyncBatchNorm, SyncBatchNormAddReLU, SyncBatchNormReLU
 from tritonbn.functional import batch_norm, batch_norm_backward, batch_norm_relu
 from tritonbn.modules import (
     BatchNorm1d,
@@ -25,6 +25,8 @@ __all__ = [
     "FrozenBatchNorm2d",
     "FusedReLU",
     "SyncBatchNorm",
+    "SyncBatchNormAddReLU",
+    "SyncBatchNormReLU",
     "batch_norm",
     "batch_norm_backward",
     "batch_norm_relu",

@@ -232,6 +232,12 @@ def _run_case(case: Case, pass_: str) -> None:
             torch.empty_like(xd), xd, w.detach(), stats, stats_grad=True, coef_only=True
         )
         launch.bn_backward_dx(torch.empty_like(xd), xd, stats, coef)
+        # the fused layers (SyncBatchNormAddReLU): + residual and ReLU in the pass, the mask in the backward
+        y = launch.bn_apply(xd, stats, b.detach(), residual=torch.empty_like(xd), relu=True)
+        _, _, _, _, coef = launch.bn_backward(
+            torch.empty_like(xd), xd, w.detach(), stats, stats_grad=True, relu_output=y, coef_only=True
+        )
+        launch.bn_backward_dx(torch.empty_like(xd), xd, stats, coef, relu_output=y, need_residual=True)
     else:
         raise ValueError(f"unknown pass {pass_!r}")
 

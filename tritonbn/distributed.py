@@ -28,9 +28,9 @@ from torch.autograd.function import once_differentiable
 
 from tritonbn import launch
 from tritonbn.autograd import _update_running_stats
-from tritonbn.functional import _check_inputs, batch_norm, uses_triton
+from tritonbn.functional import _batch_norm, _check_inputs, _check_residual, uses_triton
 
-__all__ = ["SyncBatchNorm", "SyncBatchNormFunction"]
+__all__ = ["SyncBatchNorm", "SyncBatchNormAddReLU", "SyncBatchNormFunction", "SyncBatchNormReLU"]
 
 _custom_fwd = torch.amp.custom_fwd(device_type="cuda")
 _custom_bwd = torch.amp.custom_bwd(device_type="cuda")
@@ -50,12 +50,28 @@ def _all_gather(t: torch.Tensor, group, world_size: int) -> torch.Tensor:
 
 
 class SyncBatchNormFunction(Function):
-    """Batch norm whose statistics and input gradient are reduced over ``process_group``; first order only."""
+    """Batch norm whose statistics and input gradient are reduced over ``process_group``; first order only.
+
+    ``y = act(batch_norm(x) + residual)``: ``residual`` (optional, x's shape and dtype) is added and, with
+    ``relu``, a ReLU applied in the same pass, as in :func:`tritonbn.batch_norm_relu`.
+    """
 
     @staticmethod
     @_custom_fwd
     def forward(
-        ctx, x, weight, bias, running_mean, running_var, eps, momentum, process_group, world_size, detach_stats
+        ctx,
+        x,
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        eps,
+        momentum,
+        process_group,
+        world_size,
+        detach_stats,
+        residual=None,
+        relu=False,
     ):
         acc = launch.acc_dtype(x.dtype)
         C = x.shape[1]
@@ -91,8 +107,13 @@ class SyncBatchNormFunction(Function):
             invstd = torch.ones(C, dtype=acc, device=x.device)
         scale = invstd * weight.detach().to(acc) if weight is not None else invstd
         stats = torch.stack([mean, invstd, scale])
-        y = launch.bn_apply(x, stats, bias.detach() if bias is not None else None) if count > 0 else x.clone()
-        ctx.save_for_backward(x, weight, stats)
+        if count > 0:
+            b = bias.detach() if bias is not None else None
+            y = launch.bn_apply(x, stats, b, residual=residual, relu=relu)
+        else:
+            y = x.clone()
+        ctx.save_for_backward(x, weight, stats, y if relu else None)
+        ctx.has_residual = residual is not None
         ctx.bias_dtype = bias.dtype if bias is not None else None
         ctx.total = total
         ctx.process_group = process_group
@@ -103,15 +124,16 @@ class SyncBatchNormFunction(Function):
     @_custom_bwd
     @once_differentiable
     def backward(ctx, grad_output):
-        x, weight, stats = ctx.saved_tensors
+        x, weight, stats, gate = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        need_res = ctx.has_residual and ctx.needs_input_grad[10]
         need_w = need_w and weight is not None
         need_b = need_b and ctx.bias_dtype is not None
         acc = launch.acc_dtype(x.dtype)
         C = x.shape[1]
         # Every rank of the group reaches the same all_reduce (the layer's settings are the same everywhere).
         sync = need_x and ctx.stats_grad
-        dx = dw = db = None
+        dx = dw = db = dres = None
         if x.numel() == 0:
             sums = torch.zeros(2, C, dtype=acc, device=x.device)
             if need_w:
@@ -130,6 +152,7 @@ class SyncBatchNormFunction(Function):
                 need_input=False,
                 need_weight=need_w,
                 need_bias=need_b,
+                relu_output=gate,
                 bias_dtype=ctx.bias_dtype,
                 coef_only=True,
             )
@@ -145,9 +168,13 @@ class SyncBatchNormFunction(Function):
                 beta = gamma = torch.zeros_like(scale)
             if x.numel() == 0:
                 dx = torch.empty_like(x)
+                dres = grad_output.clone() if need_res else None
             else:
-                dx = launch.bn_backward_dx(grad_output, x, stats, torch.stack([scale, beta, gamma]))
-        return dx, dw, db, None, None, None, None, None, None, None
+                coef = torch.stack([scale, beta, gamma])
+                dx, dres = launch.bn_backward_dx(grad_output, x, stats, coef, relu_output=gate, need_residual=need_res)
+        elif need_res:  # the residual's gradient alone: dy, zeroed where the fused ReLU's output is <= 0
+            dres = grad_output if gate is None else torch.ops.aten.threshold_backward(grad_output, gate, 0)
+        return dx, dw, db, None, None, None, None, None, None, None, dres, None
 
 
 class SyncBatchNorm(nn.SyncBatchNorm):
@@ -164,6 +191,9 @@ class SyncBatchNorm(nn.SyncBatchNorm):
     torch's SyncBatchNorm raises this only for a single process and otherwise divides by count - 1 = 0 in
     the running-variance update.
     """
+
+    applies_relu = False  # whether forward ends with a ReLU (the fused subclasses)
+    takes_residual = False  # whether forward takes a residual to add before the ReLU
 
     def __init__(self, *args, detach_stats: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -182,7 +212,10 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         return (group, world_size) if world_size > 1 else None
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        # Mirrors torch.nn.SyncBatchNorm.forward, calling tritonbn's kernels.
+        return self._forward(input)
+
+    def _forward(self, input, residual=None, relu=False):
+        # Mirrors torch.nn.SyncBatchNorm.forward, calling tritonbn's kernels; then + residual, ReLU (fused).
         self._check_input_dim(input)
         self._check_non_zero_input_channels(input)
         detach_stats = getattr(self, "detach_stats", False)
@@ -192,20 +225,27 @@ class SyncBatchNorm(nn.SyncBatchNorm):
             # refuses CPU tensors when it has to synchronise.
             if detach_stats and input.device.type != "cpu":
                 raise NotImplementedError("SyncBatchNorm(detach_stats=True) needs the Triton kernels (CUDA)")
-            return super().forward(input)
+            y = super().forward(input)
+            if residual is not None:
+                y = y + residual
+            return torch.relu(y) if relu else y
         exponential_average_factor = 0.0 if self.momentum is None else self.momentum
+        count = None
         if self.training and self.track_running_stats:
             if self.num_batches_tracked is None:
                 raise AssertionError("num_batches_tracked must not be None")
             self.num_batches_tracked.add_(1)
             if self.momentum is None:  # cumulative moving average
-                exponential_average_factor = 1.0 / self.num_batches_tracked.item()
+                if torch.compiler.is_compiling() and sync is None:
+                    count = self.num_batches_tracked  # read by the op when it runs: 1/count is data-dependent
+                else:
+                    exponential_average_factor = 1.0 / self.num_batches_tracked.item()
         bn_training = self.training or (self.running_mean is None and self.running_var is None)
         use_buffers = not self.training or self.track_running_stats
         running_mean = self.running_mean if use_buffers else None
         running_var = self.running_var if use_buffers else None
         if sync is None:
-            return batch_norm(
+            return _batch_norm(
                 input,
                 running_mean,
                 running_var,
@@ -214,7 +254,10 @@ class SyncBatchNorm(nn.SyncBatchNorm):
                 bn_training,
                 exponential_average_factor,
                 self.eps,
-                detach_stats=detach_stats,
+                detach_stats,
+                residual,
+                relu,
+                count,
             )
         # The single-process checks (dtype, parameter and buffer sizes, devices) on an empty slice of the
         # batch: one value per channel on one rank is fine when the statistics span the group.
@@ -231,6 +274,8 @@ class SyncBatchNorm(nn.SyncBatchNorm):
             group,
             world_size,
             detach_stats,
+            residual,
+            relu,
         )
 
     @classmethod
@@ -239,11 +284,21 @@ class SyncBatchNorm(nn.SyncBatchNorm):
 
         As :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm`: parameters and buffers are shared, the
         train/eval state and ``qconfig`` carried over, children replaced in place and the (possibly new)
-        root returned. A tritonbn layer's ``detach_stats`` is carried over too.
+        root returned. A tritonbn layer's ``detach_stats`` is carried over too, and so is a fused layer's
+        ReLU: :class:`tritonbn.BatchNorm2dReLU` becomes a :class:`SyncBatchNormReLU`,
+        :class:`tritonbn.BatchNorm2dAddReLU` a :class:`SyncBatchNormAddReLU`. (torch's own converter turns
+        a fused layer into a plain ``torch.nn.SyncBatchNorm``, dropping the ReLU unless
+        :func:`tritonbn.convert_model` made the fusion and a :class:`tritonbn.FusedReLU` stands for it.)
         """
         module_output = module
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module_output = cls(
+            # a fused layer keeps its fusion: BatchNorm2dReLU -> SyncBatchNormReLU, *AddReLU -> SyncBatchNormAddReLU
+            target = cls
+            if getattr(module, "takes_residual", False):
+                target = SyncBatchNormAddReLU
+            elif getattr(module, "applies_relu", False):
+                target = SyncBatchNormReLU
+            module_output = target(
                 module.num_features,
                 module.eps,
                 module.momentum,
@@ -267,3 +322,29 @@ class SyncBatchNorm(nn.SyncBatchNorm):
             module_output.add_module(name, cls.convert_sync_batchnorm(child, process_group))
         del module
         return module_output
+
+
+class SyncBatchNormReLU(SyncBatchNorm):
+    """``relu(SyncBatchNorm(x))`` fused: the ReLU applied in the normalising pass and its mask folded into
+    the backward passes. What :meth:`SyncBatchNorm.convert_sync_batchnorm` makes of a
+    :class:`tritonbn.BatchNorm2dReLU`; input (N, C, *spatial), same parameters, buffers and state_dict."""
+
+    applies_relu = True
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self._forward(input, relu=True)
+
+
+class SyncBatchNormAddReLU(SyncBatchNorm):
+    """``relu(SyncBatchNorm(x) + residual)`` fused: ``forward(x, residual)``, what
+    :meth:`SyncBatchNorm.convert_sync_batchnorm` makes of a :class:`tritonbn.BatchNorm2dAddReLU`.
+
+    Raises RuntimeError unless ``residual`` matches ``x`` in shape, dtype and device.
+    """
+
+    applies_relu = True
+    takes_residual = True
+
+    def forward(self, input: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        _check_residual(input, residual)
+        return self._forward(input, residual, relu=True)

@@ -167,21 +167,38 @@ def batch_norm_relu(
     running-statistics semantics are those of :func:`batch_norm`; ``residual`` must have the shape, dtype
     and device of ``input``.
     """
-    if residual is not None and (
-        residual.shape != input.shape or residual.dtype != input.dtype or residual.device != input.device
-    ):
-        raise RuntimeError(
-            f"residual must match input in shape, dtype and device: got {tuple(residual.shape)}, "
-            f"{residual.dtype}, {residual.device} for input {tuple(input.shape)}, {input.dtype}, {input.device}"
-        )
+    if residual is not None:
+        _check_residual(input, residual)
     return _batch_norm(
         input, running_mean, running_var, weight, bias, training, momentum, eps, detach_stats, residual, True
     )
 
 
+def _check_residual(input: torch.Tensor, residual: torch.Tensor) -> None:
+    """RuntimeError unless ``residual`` matches ``input`` in shape, dtype and device."""
+    if residual.shape != input.shape or residual.dtype != input.dtype or residual.device != input.device:
+        raise RuntimeError(
+            f"residual must match input in shape, dtype and device: got {tuple(residual.shape)}, "
+            f"{residual.dtype}, {residual.device} for input {tuple(input.shape)}, {input.dtype}, {input.device}"
+        )
+
+
 def _batch_norm(
-    input, running_mean, running_var, weight, bias, training, momentum, eps, detach_stats, residual=None, relu=False
+    input,
+    running_mean,
+    running_var,
+    weight,
+    bias,
+    training,
+    momentum,
+    eps,
+    detach_stats,
+    residual=None,
+    relu=False,
+    num_batches_tracked=None,
 ):
+    """:func:`batch_norm_relu`'s computation unchecked; ``num_batches_tracked`` (a layer's counter, under
+    torch.compile only) stands for the cumulative average's momentum 1/count."""
     if not isinstance(momentum, (int, float)):
         raise TypeError(f"batch_norm(): argument 'momentum' (position 7) must be float, not {type(momentum).__name__}")
     _check_inputs(input, running_mean, running_var, weight, bias, training, eps)
@@ -201,10 +218,32 @@ def _batch_norm(
         if autograd.transforms_active():
             # the custom ops have no vmap or jvp rules: the autograd Function, run eagerly (a graph break)
             return _eager_batch_norm_function(
-                input, weight, bias, running_mean, running_var, training, momentum, eps, detach_stats, residual, relu
+                input,
+                weight,
+                bias,
+                running_mean,
+                running_var,
+                training,
+                momentum,
+                eps,
+                detach_stats,
+                residual,
+                relu,
+                num_batches_tracked,
             )
         return ops.compiled_batch_norm(
-            input, running_mean, running_var, weight, bias, training, momentum, eps, detach_stats, residual, relu
+            input,
+            running_mean,
+            running_var,
+            weight,
+            bias,
+            training,
+            momentum,
+            eps,
+            detach_stats,
+            residual,
+            relu,
+            num_batches_tracked,
         )
     needs_graph = grad_enabled and (
         input.requires_grad
@@ -223,7 +262,13 @@ def _batch_norm(
     )
 
 
-_eager_batch_norm_function = torch.compiler.disable(autograd.batch_norm_function)
+@torch.compiler.disable
+def _eager_batch_norm_function(*args):
+    """The autograd Function, run eagerly inside a compiled region (a graph break)."""
+    *args, num_batches_tracked = args
+    if num_batches_tracked is not None:
+        args[6] = 1.0 / float(num_batches_tracked)  # momentum: the cumulative average's
+    return autograd.batch_norm_function(*args)
 
 
 def _empty_batch(input, weight, bias, residual):

@@ -743,11 +743,16 @@ def bn_backward_dx(
     coef: torch.Tensor,
     *,
     relu_output: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """dx = coef[0]·g + coef[1]·(x - stats[0]) + coef[2] with g = dy (zeroed where ``relu_output`` <= 0): the
-    input gradient from given coefficients, one launch (SyncBatchNorm's, after its all_reduce)."""
+    need_residual: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(dx, dresidual)``: dx = coef[0]·g + coef[1]·(x - stats[0]) + coef[2] with g = dy (zeroed where
+    ``relu_output`` <= 0), the input gradient from given coefficients, in one launch (SyncBatchNorm's, after
+    its all_reduce). With ``need_residual`` the same pass also writes g, a fused add + ReLU's residual
+    gradient (dy itself without ``relu_output``: no write); else ``dresidual`` is None."""
     gv, xv = ncs_view(grad_output), ncs_view(x)
     dx = _empty_output(xv.tensor, x.dtype)
+    write_dres = need_residual and relu_output is not None
+    dres = torch.empty_like(dx, dtype=grad_output.dtype) if write_dres else None
     yv = ncs_view(relu_output) if relu_output is not None else xv
     rows = rows_view(gv, xv, yv, ncs_view(dx))
     geo = geometry(rows, single_ok=False, wide_acc=x.dtype == torch.float64)
@@ -756,7 +761,7 @@ def bn_backward_dx(
         "STATS_GRAD": True,
         "GATE": relu_output is not None,
         "WRITE_DX": True,
-        "WRITE_DRES": False,
+        "WRITE_DRES": write_dres,
         "HAS_W": False,
         "ACC": _tl_acc(acc_dtype(x.dtype)),
     }
@@ -769,7 +774,7 @@ def bn_backward_dx(
             xv.tensor,
             yv.tensor if relu_output is not None else None,
             dx,
-            None,
+            dres,
             None,
             stats.contiguous(),
             coef.contiguous(),
@@ -777,22 +782,38 @@ def bn_backward_dx(
         ),
         meta,
     )
-    return dx
+    if need_residual and relu_output is None:
+        dres = grad_output
+    return dx, dres
 
 
-def bn_apply(x: torch.Tensor, stats: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``y = (x - stats[0])·stats[2] + bias``: the normalisation with given statistics (mean and scale rows of
-    a (≥ 3, C) accumulation-dtype tensor), one launch. SyncBatchNorm normalises with its group's statistics."""
+def bn_apply(
+    x: torch.Tensor,
+    stats: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    residual: torch.Tensor | None = None,
+    relu: bool = False,
+) -> torch.Tensor:
+    """``y = act((x - stats[0])·stats[2] + bias + residual)``: the normalisation with given statistics (mean
+    and scale rows of a (≥ 3, C) accumulation-dtype tensor), one launch; ``act`` is a ReLU with ``relu``
+    (NaN kept). SyncBatchNorm normalises with its group's statistics. ``residual`` has x's shape and dtype."""
     bias = _unit_stride(bias)
     xv = ncs_view(x)
+    if residual is not None:
+        residual = ncs_view(residual).tensor
     y = _empty_output(xv.tensor, x.dtype)
-    yv = ncs_view(y)
-    rows = rows_view(xv, yv)
+    views = [xv, ncs_view(y)] + ([ncs_view(residual)] if residual is not None else [])
+    rows = rows_view(*views)
     geo = geometry(rows, single_ok=False, wide_acc=x.dtype == torch.float64)
-    (sxn, sxs, sxc), (syn, sys_, syc) = rows.strides
     meta = geo.meta()
     meta.update(
-        EVAL=False, HAS_W=False, HAS_B=bias is not None, HAS_RES=False, RELU=False, ACC=_tl_acc(acc_dtype(x.dtype))
+        EVAL=False,
+        HAS_W=False,
+        HAS_B=bias is not None,
+        HAS_RES=residual is not None,
+        RELU=relu,
+        ACC=_tl_acc(acc_dtype(x.dtype)),
     )
     _launch(
         bn_forward_apply_kernel,
@@ -800,7 +821,7 @@ def bn_apply(x: torch.Tensor, stats: torch.Tensor, bias: torch.Tensor | None = N
         (
             xv.tensor,
             y,
-            None,
+            residual,
             None,
             bias,
             None,
@@ -809,15 +830,9 @@ def bn_apply(x: torch.Tensor, stats: torch.Tensor, bias: torch.Tensor | None = N
             rows.N,
             rows.S,
             rows.C,
-            sxn,
-            sxs,
-            sxc,
-            syn,
-            sys_,
-            syc,
-            0,
-            0,
-            0,
+            *rows.strides[0],
+            *rows.strides[1],
+            *_strides_or_zero(rows, 2),
             geo.SB,
             geo.T,
             geo.TPP,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tritonbn.distributed import SyncBatchNorm
-from tritonbn.functional import _batch_norm
+from tritonbn.distributed import SyncBatchNorm, SyncBatchNormAddReLU, SyncBatchNormReLU
+from tritonbn.functional import _batch_norm, _check_residual
 
 __all__ = [
     "BatchNorm1d",
@@ -28,6 +28,9 @@ class _TritonBatchNorm:
     backward treat the batch mean and variance as constants (see :func:`tritonbn.batch_norm`).
     """
 
+    applies_relu = False  # whether forward ends with a ReLU (the fused subclasses)
+    takes_residual = False  # whether forward takes a residual to add before the ReLU
+
     def __init__(self, *args, detach_stats: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.detach_stats = detach_stats
@@ -39,10 +42,14 @@ class _TritonBatchNorm:
         # Mirrors torch.nn.modules.batchnorm._BatchNorm.forward, calling tritonbn's batch norm.
         self._check_input_dim(input)
         exponential_average_factor = 0.0 if self.momentum is None else self.momentum
+        count = None
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
             if self.momentum is None:  # cumulative moving average
-                exponential_average_factor = 1.0 / float(self.num_batches_tracked)
+                if torch.compiler.is_compiling():
+                    count = self.num_batches_tracked  # read by the op when it runs: 1/count is data-dependent
+                else:
+                    exponential_average_factor = 1.0 / float(self.num_batches_tracked)
         bn_training = self.training or (self.running_mean is None and self.running_var is None)
         use_buffers = not self.training or self.track_running_stats
         return _batch_norm(
@@ -57,6 +64,7 @@ class _TritonBatchNorm:
             getattr(self, "detach_stats", False),
             residual,
             relu,
+            count,
         )
 
     def extra_repr(self) -> str:
@@ -83,28 +91,56 @@ class BatchNorm2dReLU(BatchNorm2d):
     weights load as they are.
     """
 
+    applies_relu = True
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return self._forward(input, relu=True)
 
 
 class BatchNorm2dAddReLU(BatchNorm2d):
-    """``relu(BatchNorm2d(x) + residual)`` fused, the tail of every ResNet block: ``forward(x, residual)``."""
+    """``relu(BatchNorm2d(x) + residual)`` fused, the tail of every ResNet block: ``forward(x, residual)``.
+
+    Raises RuntimeError unless ``residual`` matches ``x`` in shape, dtype and device.
+    """
+
+    applies_relu = True
+    takes_residual = True
 
     def forward(self, input: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        if residual.shape != input.shape or residual.dtype != input.dtype or residual.device != input.device:
-            raise RuntimeError(
-                f"residual must match input in shape, dtype and device: got {tuple(residual.shape)}, "
-                f"{residual.dtype}, {residual.device} for input {tuple(input.shape)}, {input.dtype}, {input.device}"
-            )
+        _check_residual(input, residual)
         return self._forward(input, residual=residual, relu=True)
 
 
-class FusedReLU(nn.Identity):
-    """Stands where :func:`convert_model` fused a ``ReLU`` into the preceding ``BatchNorm2dReLU``."""
+class FusedReLU(nn.Module):
+    """Stands where :func:`convert_model` fused a ``ReLU`` into the batch norm before it.
+
+    The identity while the layer it was fused into still applies the ReLU itself, and ``relu`` again as
+    soon as it does not: after ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` (which rebuilds the fused
+    layer as a plain ``torch.nn.SyncBatchNorm``) or any other replacement of that layer, the model still
+    computes ``relu(batch_norm(x))``. The layer is found by its container and name (set by
+    :func:`convert_model`), so ``copy.deepcopy`` and pickling keep the link. A ``FusedReLU`` built by hand
+    is linked to nothing and is a plain ReLU. No parameters, nothing in the state_dict.
+    """
 
     def __init__(self, inplace: bool = False) -> None:
         super().__init__()
         self.inplace = inplace
+        self.fused_into: tuple[nn.Module, str] | None = None  # (container, name) of the fused layer
+
+    def _fused(self) -> bool:
+        link = self.__dict__.get("fused_into")
+        if link is None:
+            return False
+        container, name = link
+        return getattr(container._modules.get(name), "applies_relu", False)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self._fused():
+            return input
+        return torch.nn.functional.relu(input, inplace=self.inplace)
+
+    def extra_repr(self) -> str:
+        return "inplace=True" if self.inplace else ""
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -148,7 +184,16 @@ _TO_TRITON = {
     nn.SyncBatchNorm: SyncBatchNorm,
 }
 _TO_TORCH = {ours: theirs for theirs, ours in _TO_TRITON.items()}
-_TO_TORCH.update({BatchNorm2dReLU: nn.BatchNorm2d, BatchNorm2dAddReLU: nn.BatchNorm2d})
+# a layer followed by a ReLU, and the fused layer it becomes (convert_model(fuse_relu=True))
+_FUSE_RELU = {
+    nn.BatchNorm2d: BatchNorm2dReLU,
+    BatchNorm2d: BatchNorm2dReLU,
+    nn.SyncBatchNorm: SyncBatchNormReLU,
+    SyncBatchNorm: SyncBatchNormReLU,
+}
+# fused layers that revert_model can undo when a FusedReLU stands for their ReLU
+_UNFUSE = {BatchNorm2dReLU: nn.BatchNorm2d, SyncBatchNormReLU: nn.SyncBatchNorm}
+_FUSED = (BatchNorm2dReLU, BatchNorm2dAddReLU, SyncBatchNormReLU, SyncBatchNormAddReLU)
 
 
 def _retype(module: nn.Module, cls: type) -> nn.Module:
@@ -163,15 +208,19 @@ def _retype(module: nn.Module, cls: type) -> nn.Module:
 
 
 def convert_model(module: nn.Module, *, detach_stats: bool = False, fuse_relu: bool = False) -> nn.Module:
-    """Replace every ``torch.nn.BatchNorm1d/2d/3d`` in ``module`` (exact type) by tritonbn's.
+    """Replace every ``torch.nn.BatchNorm1d/2d/3d`` and ``SyncBatchNorm`` in ``module`` (exact type) by
+    tritonbn's.
 
     Parameters and buffers are shared, train/eval state, device, dtype and hooks preserved. Children are
     replaced in place; the (possibly new) root is returned, so call it as
-    ``model = tritonbn.convert_model(model)``. ``SyncBatchNorm`` and subclasses are left alone.
+    ``model = tritonbn.convert_model(model)``. Subclasses of torch's layers are left alone.
 
-    With ``fuse_relu=True``, a ``BatchNorm2d`` directly followed by a ``ReLU`` in an ``nn.Sequential``
-    becomes a :class:`BatchNorm2dReLU`, and the ReLU a :class:`FusedReLU` placeholder (an identity), so
-    indices and state_dict keys do not move.
+    With ``fuse_relu=True``, a ``BatchNorm2d`` (torch's or tritonbn's) directly followed by a ``ReLU`` in an
+    ``nn.Sequential`` becomes a :class:`BatchNorm2dReLU` (a ``SyncBatchNorm``, a
+    :class:`tritonbn.SyncBatchNormReLU`) and the ReLU a :class:`FusedReLU` placeholder, so indices and
+    state_dict keys do not move. The placeholder is the identity while the fused layer is in place and a
+    ReLU again if that layer is replaced (e.g. by ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``), so
+    the model keeps computing the same function.
     """
     if type(module) in _TO_TRITON:
         converted = _retype(module, _TO_TRITON[type(module)])
@@ -183,21 +232,56 @@ def convert_model(module: nn.Module, *, detach_stats: bool = False, fuse_relu: b
         if (
             fuse_relu
             and isinstance(module, nn.Sequential)
-            and type(child) is nn.BatchNorm2d
+            and type(child) in _FUSE_RELU
             and i + 1 < len(children)
             and type(children[i + 1][1]) is nn.ReLU
         ):
-            new_child.__class__ = BatchNorm2dReLU
+            new_child = _retype(new_child, _FUSE_RELU[type(child)])
             relu_name, relu = children[i + 1]
-            setattr(module, relu_name, FusedReLU(relu.inplace))
+            placeholder = FusedReLU(relu.inplace)
+            placeholder.fused_into = (module, name)
+            setattr(module, relu_name, placeholder)
         if new_child is not child:
             setattr(module, name, new_child)
     return module
 
 
+def _stands_for(module: nn.Module, name: str) -> bool:
+    """Whether a FusedReLU in ``module`` stands for the ReLU of its child ``name``."""
+    return any(
+        type(c) is FusedReLU and c.__dict__.get("fused_into") is not None and c.fused_into[0] is module
+        and c.fused_into[1] == name
+        for c in module.children()
+    )  # fmt: skip
+
+
+def _check_revertible(module: nn.Module, prefix: str = "") -> None:
+    for name, child in module.named_children():
+        path = f"{prefix}{name}"
+        if isinstance(child, _FUSED) and not (type(child) in _UNFUSE and _stands_for(module, name)):
+            what = "takes a residual" if child.takes_residual else "applies a ReLU that no FusedReLU stands for"
+            raise ValueError(
+                f"revert_model: {path!r} ({type(child).__name__}) has no torch.nn equivalent: it {what}. "
+                "Replace it by torch.nn layers in the model's code (e.g. BatchNorm2d, then ReLU)."
+            )
+        _check_revertible(child, path + ".")
+
+
 def revert_model(module: nn.Module) -> nn.Module:
     """Undo :func:`convert_model`: tritonbn's batch norms become ``torch.nn`` ones again, fused ReLUs
-    ``nn.ReLU`` modules again."""
+    ``nn.ReLU`` modules again.
+
+    Raises ValueError, before changing anything, for a fused layer that has no ``torch.nn`` equivalent: a
+    :class:`BatchNorm2dAddReLU` (its forward takes a residual) or a :class:`BatchNorm2dReLU` that
+    :func:`convert_model` did not make (no :class:`FusedReLU` stands for its ReLU).
+    """
+    if isinstance(module, _FUSED):
+        raise ValueError(f"revert_model: {type(module).__name__} has no torch.nn equivalent (it applies a ReLU)")
+    _check_revertible(module)
+    return _revert(module)
+
+
+def _revert(module: nn.Module) -> nn.Module:
     if type(module) in _TO_TORCH:
         reverted = _retype(module, _TO_TORCH[type(module)])
         reverted.__dict__.pop("detach_stats", None)
@@ -206,7 +290,11 @@ def revert_model(module: nn.Module) -> nn.Module:
         if type(child) is FusedReLU:
             setattr(module, name, nn.ReLU(child.inplace))
             continue
-        new_child = revert_model(child)
+        if type(child) in _UNFUSE:  # (checked: a FusedReLU stands for its ReLU)
+            new_child = _retype(child, _UNFUSE[type(child)])
+            new_child.__dict__.pop("detach_stats", None)
+        else:
+            new_child = _revert(child)
         if new_child is not child:
             setattr(module, name, new_child)
     return module

@@ -43,10 +43,13 @@ def batch_norm_forward(
     eps: float,
     relu: bool,
     detach_stats: bool,
+    num_batches_tracked: Optional[Tensor],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     from tritonbn.functional import _check_dtypes  # (functional imports this module)
 
     _check_dtypes(x, running_mean, running_var, weight, bias, training)
+    if num_batches_tracked is not None:  # cumulative moving average (momentum=None): read when the op runs
+        momentum = 1.0 / float(num_batches_tracked)
     new_mean, new_var = x.new_empty(0), x.new_empty(0)
     if training and running_mean is not None:
         new_mean = running_mean.clone()
@@ -62,7 +65,7 @@ def batch_norm_forward(
 
 
 @batch_norm_forward.register_fake
-def _(x, weight, bias, running_mean, running_var, residual, training, momentum, eps, relu, detach_stats):
+def _(x, weight, bias, running_mean, running_var, residual, training, momentum, eps, relu, detach_stats, _count):
     acc = launch.acc_dtype(x.dtype)
     C = x.shape[1]
     new_mean = running_mean.new_empty(C) if training and running_mean is not None else x.new_empty(0)
@@ -112,7 +115,7 @@ def _(grad_output, x, weight, mean, invstd, relu_output, stats_grad, need_bias, 
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, running_mean, running_var, residual, training, momentum, eps, relu, detach_stats = inputs
+    x, weight, bias, running_mean, running_var, residual, training, momentum, eps, relu, detach_stats, _ = inputs
     y, mean, invstd, _, _ = output
     ctx.save_for_backward(x, weight, mean, invstd, y if relu else None)
     ctx.stats_grad = training and not detach_stats
@@ -139,6 +142,7 @@ def _backward(ctx, grad_y, _grad_mean, _grad_invstd, _grad_new_mean, _grad_new_v
         None,
         None,
         None,
+        None,
     )
 
 
@@ -146,11 +150,38 @@ batch_norm_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def compiled_batch_norm(
-    input, running_mean, running_var, weight, bias, training, momentum, eps, detach_stats, residual, relu
+    input,
+    running_mean,
+    running_var,
+    weight,
+    bias,
+    training,
+    momentum,
+    eps,
+    detach_stats,
+    residual,
+    relu,
+    num_batches_tracked=None,
 ):
-    """The functional batch norm as traced by torch.compile: the op, then the buffer update outside it."""
+    """The functional batch norm as traced by torch.compile: the op, then the buffer update outside it.
+
+    ``num_batches_tracked`` (a layer's counter, already incremented) replaces ``momentum`` by the cumulative
+    average's 1/count, read by the op when it runs: a data-dependent float cannot be traced (torch's own
+    layer fails to compile with ``momentum=None`` for that reason).
+    """
     y, _, _, new_mean, new_var = batch_norm_forward(
-        input, weight, bias, running_mean, running_var, residual, training, momentum, eps, relu, detach_stats
+        input,
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        residual,
+        training,
+        momentum,
+        eps,
+        relu,
+        detach_stats,
+        num_batches_tracked,
     )
     if training:
         with torch.no_grad():

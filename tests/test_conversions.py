@@ -1,0 +1,195 @@
+"""A fusion survives every conversion: the model computes the same function, or the conversion raises.
+
+convert_model(fuse_relu=True) puts the ReLU into the batch norm before it and leaves a FusedReLU placeholder
+where the ReLU was. The placeholder is the identity only while the fused layer is in place, so a later
+conversion that rebuilds the layer without its ReLU (torch's convert_sync_batchnorm) cannot silently drop
+it; tritonbn's own conversions keep the fusion (SyncBatchNormReLU, SyncBatchNormAddReLU).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import re
+
+import pytest
+import torch
+from torch import nn
+
+import tritonbn
+
+
+def _model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 2, 1))
+
+
+def _trained(model: nn.Module) -> nn.Module:
+    """Non-trivial running statistics and affine parameters, so that a lost ReLU shows in eval."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-1, 1)
+    return model
+
+
+def _same_function(a: nn.Module, b: nn.Module, device: str, what: str) -> None:
+    """Equal outputs in eval mode, and in train mode (one step each, on copies) with equal running stats."""
+    x = torch.randn(4, 2, 3, 3, device=device)
+    a, b = a.to(device), b.to(device)
+    torch.testing.assert_close(a.eval()(x), b.eval()(x), atol=1e-5, rtol=1e-5, msg=f"{what}: eval")
+    a2, b2 = copy.deepcopy(a).train(), copy.deepcopy(b).train()
+    torch.testing.assert_close(a2(x), b2(x), atol=1e-5, rtol=1e-5, msg=f"{what}: train")
+    for (k, v), (k2, v2) in zip(a2.state_dict().items(), b2.state_dict().items(), strict=True):
+        assert k == k2, what
+        torch.testing.assert_close(v, v2, atol=1e-5, rtol=1e-5, msg=f"{what}: {k}")
+
+
+def test_reported_case_sync_conversion_keeps_relu(path):
+    m = tritonbn.SyncBatchNorm.convert_sync_batchnorm(tritonbn.BatchNorm2dReLU(1).eval())
+    assert type(m) is tritonbn.SyncBatchNormReLU
+    assert m(-torch.ones(1, 1, 1, 1, device=path)).item() == 0.0
+
+
+def _conversions():
+    def pickled(m):
+        buf = io.BytesIO()
+        torch.save(m, buf)
+        buf.seek(0)
+        return torch.load(buf, weights_only=False)
+
+    def state_dict_into_torch(m):
+        fresh = _model()
+        fresh.load_state_dict(m.state_dict())
+        return fresh
+
+    def state_dict_into_fused(m):
+        fresh = tritonbn.convert_model(_model(), fuse_relu=True)
+        fresh.load_state_dict(m.state_dict())
+        return fresh
+
+    return {
+        "tritonbn-convert_sync_batchnorm": lambda m: tritonbn.SyncBatchNorm.convert_sync_batchnorm(m),
+        "torch-convert_sync_batchnorm": lambda m: nn.SyncBatchNorm.convert_sync_batchnorm(m),
+        "revert_model": tritonbn.revert_model,
+        "deepcopy": copy.deepcopy,
+        "deepcopy-then-torch-sync": lambda m: nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(m)),
+        "pickle": pickled,
+        "pickle-then-torch-sync": lambda m: nn.SyncBatchNorm.convert_sync_batchnorm(pickled(m)),
+        "state_dict-into-torch": state_dict_into_torch,
+        "state_dict-into-fused": state_dict_into_fused,
+        "convert_model-again": lambda m: tritonbn.convert_model(m, fuse_relu=True),
+    }
+
+
+@pytest.mark.parametrize("conversion", list(_conversions()))
+def test_fused_model_survives_conversion(path, conversion):
+    reference = _trained(_model())
+    fused = tritonbn.convert_model(copy.deepcopy(reference), fuse_relu=True)
+    assert type(fused[1]) is tritonbn.BatchNorm2dReLU and type(fused[2]) is tritonbn.FusedReLU
+    _same_function(fused, reference, path, "fused")
+    converted = _conversions()[conversion](fused)
+    _same_function(converted, reference, path, conversion)
+
+
+def test_torch_sync_conversion_unfuses_and_tritonbn_keeps_fusion(path):
+    fused = tritonbn.convert_model(_trained(_model()), fuse_relu=True)
+    theirs = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(fused))
+    assert type(theirs[1]) is nn.SyncBatchNorm and not theirs[2]._fused()  # the placeholder is a ReLU again
+    ours = tritonbn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(fused))
+    assert type(ours[1]) is tritonbn.SyncBatchNormReLU and ours[2]._fused()
+    # and from there back to tritonbn's single-process layers, still fused
+    back = tritonbn.convert_model(nn.SyncBatchNorm.convert_sync_batchnorm(ours))
+    _same_function(back, fused, path, "sync and back")
+
+
+def test_convert_model_fuses_an_already_converted_model(path):
+    """convert_model(model) then convert_model(model, fuse_relu=True) fuses (the second sees tritonbn layers)."""
+    reference = _trained(_model())
+    twice = tritonbn.convert_model(tritonbn.convert_model(copy.deepcopy(reference)), fuse_relu=True)
+    assert type(twice[1]) is tritonbn.BatchNorm2dReLU and type(twice[2]) is tritonbn.FusedReLU
+    _same_function(twice, reference, path, "converted twice")
+    sync = tritonbn.convert_model(nn.Sequential(nn.SyncBatchNorm(3), nn.ReLU()), fuse_relu=True)
+    assert type(sync[0]) is tritonbn.SyncBatchNormReLU
+
+
+def test_add_relu_layer_converts_to_sync_and_refuses_revert(path):
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+            self.bn = tritonbn.BatchNorm2dAddReLU(3)
+
+        def forward(self, x):
+            return self.bn(self.conv(x), x)
+
+    block = _trained(Block()).to(path)
+    x = torch.randn(4, 3, 2, 2, device=path)
+    want = block.eval()(x)
+    sync = tritonbn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(block))
+    assert type(sync.bn) is tritonbn.SyncBatchNormAddReLU
+    torch.testing.assert_close(sync.eval()(x), want)
+    before = copy.deepcopy(block.state_dict())
+    message = "revert_model: 'bn' (BatchNorm2dAddReLU) has no torch.nn equivalent: it takes a residual."
+    with pytest.raises(ValueError, match=re.escape(message)):
+        tritonbn.revert_model(block)
+    assert type(block.bn) is tritonbn.BatchNorm2dAddReLU, "a refused revert changed the model"
+    assert all(torch.equal(v, before[k]) for k, v in block.state_dict().items())
+
+
+def test_hand_placed_fused_layer_refuses_revert_before_changing_anything():
+    model = nn.Sequential(nn.Conv2d(2, 3, 1), tritonbn.BatchNorm2d(3), nn.Sequential(tritonbn.BatchNorm2dReLU(3)))
+    message = "'2.0' (BatchNorm2dReLU) has no torch.nn equivalent: it applies a ReLU that no FusedReLU stands for"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        tritonbn.revert_model(model)
+    assert type(model[1]) is tritonbn.BatchNorm2d, "a refused revert converted a layer"
+    with pytest.raises(ValueError, match="BatchNorm2dReLU has no torch.nn equivalent"):
+        tritonbn.revert_model(tritonbn.BatchNorm2dReLU(3))
+
+
+def test_fused_relu_placeholder_by_hand_is_a_relu(path):
+    x = torch.randn(5, device=path)
+    torch.testing.assert_close(tritonbn.FusedReLU()(x), torch.relu(x))
+    y = x.clone()
+    tritonbn.FusedReLU(inplace=True)(y)
+    torch.testing.assert_close(y, torch.relu(x))
+    assert repr(tritonbn.FusedReLU(inplace=True)) == "FusedReLU(inplace=True)"
+
+
+def test_fused_sync_layers_single_process(path):
+    """SyncBatchNormReLU / SyncBatchNormAddReLU outside a process group: relu(bn(x) [+ r]), with gradients."""
+    for cls in (tritonbn.SyncBatchNormReLU, tritonbn.SyncBatchNormAddReLU):
+        m = _trained(nn.Sequential(cls(3)))[0].to(path)
+        ref = nn.BatchNorm2d(3).to(path)
+        ref.load_state_dict(m.state_dict())
+        x = torch.randn(4, 3, 2, 3, device=path, requires_grad=True)
+        r = torch.randn_like(x, requires_grad=True)
+        args = (x, r) if cls.takes_residual else (x,)
+        y = m(*args)
+        y_ref = torch.relu(ref(x) + r) if cls.takes_residual else torch.relu(ref(x))
+        torch.testing.assert_close(y, y_ref)
+        dy = torch.randn_like(y)
+        inputs = [x, m.weight, m.bias] + ([r] if cls.takes_residual else [])
+        inputs_ref = [x, ref.weight, ref.bias] + ([r] if cls.takes_residual else [])
+        for g, g_ref in zip(
+            torch.autograd.grad(y, inputs, dy), torch.autograd.grad(y_ref, inputs_ref, dy), strict=True
+        ):
+            torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(m.running_var, ref.running_var)
+    with pytest.raises(RuntimeError, match="residual must match input"):
+        tritonbn.SyncBatchNormAddReLU(3).to(path)(x, r[:2])
+
+
+def test_fused_placeholder_compiles_without_graph_break(path):
+    """The placeholder's check traces: fused, and unfused after torch's conversion, both with fullgraph."""
+    reference = _trained(_model()).to(path).eval()
+    fused = tritonbn.convert_model(copy.deepcopy(reference), fuse_relu=True).eval()
+    unfused = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(fused)).eval()
+    x = torch.randn(4, 2, 3, 3, device=path)
+    for model in (fused, unfused):
+        torch._dynamo.reset()
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+        torch.testing.assert_close(compiled(x), reference(x), atol=1e-5, rtol=1e-5)
