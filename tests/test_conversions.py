@@ -1,9 +1,10 @@
 """A fusion survives every conversion: the model computes the same function, or the conversion raises.
 
-convert_model(fuse_relu=True) puts the ReLU into the batch norm before it and leaves a FusedReLU placeholder
-where the ReLU was. The placeholder is the identity only while the fused layer is in place, so a later
-conversion that rebuilds the layer without its ReLU (torch's convert_sync_batchnorm) cannot silently drop
-it; tritonbn's own conversions keep the fusion (SyncBatchNormReLU, SyncBatchNormAddReLU).
+convert_model(fuse_relu=True) puts the ReLU into the batch norm before it and leaves a FusedReLU where the
+ReLU was. The FusedReLU passes through only the fused layer's own (marked) output and applies the ReLU to
+anything else, so a later conversion that rebuilds the layer without its ReLU (torch's
+convert_sync_batchnorm), or a model cut and reassembled, cannot silently drop it; tritonbn's own
+conversions keep the fusion (SyncBatchNormReLU, SyncBatchNormAddReLU).
 """
 
 from __future__ import annotations
@@ -71,12 +72,23 @@ def _conversions():
         fresh.load_state_dict(m.state_dict())
         return fresh
 
+    def slice_then_replace_bn(m):
+        s = m[:]  # a new Sequential holding the same layers
+        bn = nn.BatchNorm2d(3)
+        bn.load_state_dict(s[1].state_dict())
+        s[1] = bn
+        return s
+
     return {
         "tritonbn-convert_sync_batchnorm": lambda m: tritonbn.SyncBatchNorm.convert_sync_batchnorm(m),
         "torch-convert_sync_batchnorm": lambda m: nn.SyncBatchNorm.convert_sync_batchnorm(m),
         "revert_model": tritonbn.revert_model,
         "deepcopy": copy.deepcopy,
         "deepcopy-then-torch-sync": lambda m: nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(m)),
+        # a model cut and reassembled from its layers (a feature extractor), then converted by torch
+        "rebuilt-then-torch-sync": lambda m: nn.SyncBatchNorm.convert_sync_batchnorm(nn.Sequential(*m.children())),
+        "slice-then-replace-bn": slice_then_replace_bn,
+        "rebuilt-then-revert": lambda m: tritonbn.revert_model(nn.Sequential(*m.children())),
         "pickle": pickled,
         "pickle-then-torch-sync": lambda m: nn.SyncBatchNorm.convert_sync_batchnorm(pickled(m)),
         "state_dict-into-torch": state_dict_into_torch,
@@ -98,9 +110,15 @@ def test_fused_model_survives_conversion(path, conversion):
 def test_torch_sync_conversion_unfuses_and_tritonbn_keeps_fusion(path):
     fused = tritonbn.convert_model(_trained(_model()), fuse_relu=True)
     theirs = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(fused))
-    assert type(theirs[1]) is nn.SyncBatchNorm and not theirs[2]._fused()  # the placeholder is a ReLU again
+    assert type(theirs[1]) is nn.SyncBatchNorm and type(theirs[2]) is tritonbn.FusedReLU
     ours = tritonbn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(fused))
-    assert type(ours[1]) is tritonbn.SyncBatchNormReLU and ours[2]._fused()
+    assert type(ours[1]) is tritonbn.SyncBatchNormReLU and type(ours[2]) is tritonbn.FusedReLU
+    x = torch.randn(4, 3, 2, 2, device=path)
+    for model, passes in ((theirs, False), (ours, True)):
+        model = model.to(path).eval()
+        y = model[1](x)
+        assert (model[2](y) is y) == passes, "FusedReLU passes through exactly the fused layer's output"
+        torch.testing.assert_close(model[2](y), torch.relu(y))
     # and from there back to tritonbn's single-process layers, still fused
     back = tritonbn.convert_model(nn.SyncBatchNorm.convert_sync_batchnorm(ours))
     _same_function(back, fused, path, "sync and back")
@@ -142,7 +160,7 @@ def test_add_relu_layer_converts_to_sync_and_refuses_revert(path):
 
 def test_hand_placed_fused_layer_refuses_revert_before_changing_anything():
     model = nn.Sequential(nn.Conv2d(2, 3, 1), tritonbn.BatchNorm2d(3), nn.Sequential(tritonbn.BatchNorm2dReLU(3)))
-    message = "'2.0' (BatchNorm2dReLU) has no torch.nn equivalent: it applies a ReLU that no FusedReLU stands for"
+    message = "'2.0' (BatchNorm2dReLU) has no torch.nn equivalent: it applies a ReLU that no FusedReLU follows"
     with pytest.raises(ValueError, match=re.escape(message)):
         tritonbn.revert_model(model)
     assert type(model[1]) is tritonbn.BatchNorm2d, "a refused revert converted a layer"
@@ -150,13 +168,24 @@ def test_hand_placed_fused_layer_refuses_revert_before_changing_anything():
         tritonbn.revert_model(tritonbn.BatchNorm2dReLU(3))
 
 
-def test_fused_relu_placeholder_by_hand_is_a_relu(path):
+def test_fused_relu_is_a_relu_for_any_other_input(path):
+    assert isinstance(tritonbn.FusedReLU(), nn.ReLU)
     x = torch.randn(5, device=path)
     torch.testing.assert_close(tritonbn.FusedReLU()(x), torch.relu(x))
     y = x.clone()
     tritonbn.FusedReLU(inplace=True)(y)
     torch.testing.assert_close(y, torch.relu(x))
     assert repr(tritonbn.FusedReLU(inplace=True)) == "FusedReLU(inplace=True)"
+    # the fused layer's output passes; anything computed from it (a hook's result, a copy) gets the ReLU
+    bn = _trained(nn.Sequential(tritonbn.BatchNorm2dReLU(3)))[0].to(path).eval()
+    y = bn(torch.randn(2, 3, 2, 2, device=path))
+    assert tritonbn.FusedReLU()(y) is y
+    shifted = y - 1.0
+    torch.testing.assert_close(tritonbn.FusedReLU()(shifted), torch.relu(shifted))
+    bn.register_forward_hook(lambda module, args, out: out - 1.0)
+    model = nn.Sequential(bn, tritonbn.FusedReLU()).eval()
+    x = torch.randn(2, 3, 2, 2, device=path)
+    torch.testing.assert_close(model(x), torch.relu(bn(x)))
 
 
 def test_fused_sync_layers_single_process(path):
@@ -189,7 +218,10 @@ def test_fused_placeholder_compiles_without_graph_break(path):
     fused = tritonbn.convert_model(copy.deepcopy(reference), fuse_relu=True).eval()
     unfused = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(fused)).eval()
     x = torch.randn(4, 2, 3, 3, device=path)
-    for model in (fused, unfused):
+    for model, relus in ((fused, 0), (unfused, 1)):
         torch._dynamo.reset()
         compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
         torch.testing.assert_close(compiled(x), reference(x), atol=1e-5, rtol=1e-5)
+        torch._dynamo.reset()
+        (graph,) = torch._dynamo.explain(model)(x).graphs
+        assert graph.code.count("relu") == relus, graph.code  # the fused graph holds no separate ReLU

@@ -136,10 +136,32 @@ def test_every_dtype_mix_gets_torch_verdict(path, dtype, training):
                 return e
 
         what = f"input {dtype}, weight {w_dt}, bias {b_dt}, running_mean {rm_dt}, running_var {rv_dt}"
-        theirs, ours = call(F.batch_norm, "cpu"), call(tritonbn.batch_norm, path)
+        theirs, ours = call(F.batch_norm, path), call(tritonbn.batch_norm, path)
         if isinstance(theirs, Exception):
             assert type(ours) is type(theirs) and str(ours) == str(theirs), f"{what}: {ours!r} != {theirs!r}"
         else:
             assert isinstance(ours, torch.Tensor), f"{what}: torch accepts, tritonbn raised {ours!r}"
             assert ours.dtype == theirs.dtype, what
             torch.testing.assert_close(ours.cpu().float(), theirs.float(), atol=2e-2, rtol=2e-2, msg=what)
+
+
+@pytest.mark.parametrize("dim", [2, 4])
+def test_dtype_verdict_is_not_decided_by_a_fake_trace(path, monkeypatch, dim):
+    """A first call under FakeTensorMode (shape inference, export) must not make torch's verdict for real
+    tensors 'accepted': the probe runs outside dispatch modes."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from tritonbn import functional
+
+    monkeypatch.setattr(functional, "_DTYPE_VERDICTS", {})
+    shape = (4, 3) + (2,) * (dim - 2)
+
+    def args():
+        return torch.randn(shape, dtype=torch.bfloat16, device=path), torch.ones(3, dtype=torch.float16, device=path)
+
+    x, w = args()
+    theirs = _torch_error(x, None, None, w, None, training=True)
+    with FakeTensorMode(), pytest.raises(type(theirs), match=re.escape(str(theirs))):
+        tritonbn.batch_norm(*args()[:1], None, None, args()[1], None, training=True)
+    with pytest.raises(type(theirs), match=re.escape(str(theirs))):
+        tritonbn.batch_norm(x, None, None, w, None, training=True)

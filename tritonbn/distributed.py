@@ -28,7 +28,7 @@ from torch.autograd.function import once_differentiable
 
 from tritonbn import launch
 from tritonbn.autograd import _update_running_stats
-from tritonbn.functional import _batch_norm, _check_inputs, _check_residual, uses_triton
+from tritonbn.functional import _batch_norm, _check_inputs, _check_residual, _mark_relu_output, uses_triton
 
 __all__ = ["SyncBatchNorm", "SyncBatchNormAddReLU", "SyncBatchNormFunction", "SyncBatchNormReLU"]
 
@@ -288,7 +288,7 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         ReLU: :class:`tritonbn.BatchNorm2dReLU` becomes a :class:`SyncBatchNormReLU`,
         :class:`tritonbn.BatchNorm2dAddReLU` a :class:`SyncBatchNormAddReLU`. (torch's own converter turns
         a fused layer into a plain ``torch.nn.SyncBatchNorm``, dropping the ReLU unless
-        :func:`tritonbn.convert_model` made the fusion and a :class:`tritonbn.FusedReLU` stands for it.)
+        :func:`tritonbn.convert_model` made the fusion and a :class:`tritonbn.FusedReLU` follows it.)
         """
         module_output = module
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -332,7 +332,7 @@ class SyncBatchNormReLU(SyncBatchNorm):
     applies_relu = True
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return self._forward(input, relu=True)
+        return _mark_relu_output(self._forward(input, relu=True))
 
 
 class SyncBatchNormAddReLU(SyncBatchNorm):
@@ -347,4 +347,4 @@ class SyncBatchNormAddReLU(SyncBatchNorm):
 
     def forward(self, input: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         _check_residual(input, residual)
-        return self._forward(input, residual, relu=True)
+        return _mark_relu_output(self._forward(input, residual, relu=True))

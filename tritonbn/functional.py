@@ -75,22 +75,22 @@ def _check_inputs(input, running_mean, running_var, weight, bias, training, eps,
                 f"{device} and {t.device}!"
             )
     if dtypes:
-        _check_dtypes(input, running_mean, running_var, weight, bias, training)
+        _check_dtypes(input, running_mean, running_var, weight, bias, training, eps)
 
 
-def _check_dtypes(input, running_mean, running_var, weight, bias, training) -> None:
+def _check_dtypes(input, running_mean, running_var, weight, bias, training, eps) -> None:
     """Raise what torch raises for this mix of input and parameter dtypes, or nothing where torch accepts it.
 
     Parameters all in the input's dtype always pass. Any other mix gets torch's own verdict on the
-    input's device (its rules differ between devices and between its training and evaluation kernels):
-    see :func:`_dtype_verdict`.
+    input's device (its rules differ between devices, between its CPU training and evaluation kernels, and
+    on CUDA between cuDNN and its native kernel): see :func:`_dtype_verdict`.
     """
     if torch.compiler.is_compiling():
         return  # fake tensors: the custom op checks the real ones when it runs, as torch's own op does
     dtypes = tuple(None if t is None else t.dtype for t in (running_mean, running_var, weight, bias))
     if all(d is None or d == input.dtype for d in dtypes):
         return
-    verdict = _dtype_verdict(input.device.type, input.dtype, dtypes, bool(training))
+    verdict = _dtype_verdict(input, dtypes, bool(training), float(eps))
     if verdict is not None:
         error_type, message = verdict
         raise error_type(message)
@@ -99,27 +99,45 @@ def _check_dtypes(input, running_mean, running_var, weight, bias, training) -> N
 _DTYPE_VERDICTS: dict[tuple, tuple[type, str] | None] = {}
 
 
-def _dtype_verdict(device_type: str, input_dtype, dtypes: tuple, training: bool) -> tuple[type, str] | None:
+def _dtype_verdict(input: torch.Tensor, dtypes: tuple, training: bool, eps: float) -> tuple[type, str] | None:
     """torch's verdict on a dtype mix: ``None`` (accepted) or (exception type, message).
 
-    Found by asking torch itself, once per mix (then cached): ``torch.nn.functional.batch_norm`` on a
-    (2, 1) input of these dtypes on this device type. Its checks are spread over its CPU kernels'
-    templates (which tensor is read first decides the message); replaying them gives its exact answer on
-    every torch version.
+    Found by asking torch itself, once per mix and kernel choice (then cached):
+    ``torch.nn.functional.batch_norm`` on a (2, 1, 1, ...) tensor with the input's number of dimensions and
+    dtype, parameters of these dtypes, the same ``eps``, on the input's device type (on CUDA torch picks
+    cuDNN or its native kernel by these and ``torch.backends.cudnn.enabled``, which is in the key). The
+    checks are spread over torch's kernels (which tensor is read first decides the message); replaying them
+    gives its exact answer on every torch version. The probe runs outside any dispatch mode (a fake-tensor
+    trace must not decide for real tensors); meta tensors, CUDA graph capture and an out-of-memory probe
+    get no verdict (the call goes on, and the kernels raise what they raise).
     """
-    key = (device_type, input_dtype, dtypes, training)
-    if key not in _DTYPE_VERDICTS:
+    device_type = input.device.type
+    if device_type == "meta" or (input.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return None
+    cudnn = torch.backends.cudnn.enabled if input.is_cuda else None
+    key = (device_type, input.dtype, dtypes, training, input.dim(), eps, cudnn)
+    if key in _DTYPE_VERDICTS:
+        return _DTYPE_VERDICTS[key]
+    verdict = None
+    with _no_dispatch_modes(), torch.no_grad():
         device = torch.device(device_type)
-        x = torch.zeros(2, 1, dtype=input_dtype, device=device)
+        x = torch.zeros((2, 1) + (1,) * (input.dim() - 2), dtype=input.dtype, device=device)
         rm, rv, w, b = (None if d is None else torch.ones(1, dtype=d, device=device) for d in dtypes)
-        verdict = None
         try:
-            with torch.no_grad():
-                F.batch_norm(x, rm, rv, w, b, training, 0.1, 1e-5)
+            F.batch_norm(x, rm, rv, w, b, training, 0.1, eps)
+        except torch.OutOfMemoryError:
+            return None
         except (RuntimeError, TypeError, ValueError) as e:
             verdict = type(e), str(e)
-        _DTYPE_VERDICTS[key] = verdict
-    return _DTYPE_VERDICTS[key]
+    _DTYPE_VERDICTS[key] = verdict
+    return verdict
+
+
+def _no_dispatch_modes():
+    """A context without the active torch dispatch modes (e.g. FakeTensorMode): real tensors inside."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    return _disable_current_modes()
 
 
 def batch_norm(
@@ -181,6 +199,20 @@ def _check_residual(input: torch.Tensor, residual: torch.Tensor) -> None:
             f"residual must match input in shape, dtype and device: got {tuple(residual.shape)}, "
             f"{residual.dtype}, {residual.device} for input {tuple(input.shape)}, {input.dtype}, {input.device}"
         )
+
+
+def _mark_relu_output(y: torch.Tensor) -> torch.Tensor:
+    """Mark the output of a fused layer's ReLU: a FusedReLU given this very tensor (not a copy, not the
+    result of another op) has nothing left to do. A Python attribute of the tensor object, so it dies with
+    the tensor and traces under torch.compile, where the FusedReLU's decision is made while tracing."""
+    if torch.compiler.is_compiling():
+        y = y.view_as(y)  # dynamo stores no attribute on a custom op's output, but does on a view of it
+    y._tritonbn_relu_output = True
+    return y
+
+
+def _is_relu_output(t) -> bool:
+    return isinstance(t, torch.Tensor) and getattr(t, "_tritonbn_relu_output", False)
 
 
 def _batch_norm(
@@ -266,6 +298,8 @@ def _batch_norm(
 def _eager_batch_norm_function(*args):
     """The autograd Function, run eagerly inside a compiled region (a graph break)."""
     *args, num_batches_tracked = args
+    input, weight, bias, running_mean, running_var, training, _, eps = args[:8]
+    _check_dtypes(input, running_mean, running_var, weight, bias, training, eps)  # (skipped while tracing)
     if num_batches_tracked is not None:
         args[6] = 1.0 / float(num_batches_tracked)  # momentum: the cumulative average's
     return autograd.batch_norm_function(*args)
@@ -308,7 +342,7 @@ def batch_norm_backward(
         )
     _check_inputs(input, save_mean, save_invstd, weight, None, False, 0.0, dtypes=False)
     # the saved statistics are in the accumulation dtype (or the input's); weight follows the forward's rule
-    _check_dtypes(input, None, None, weight, None, True)
+    _check_dtypes(input, None, None, weight, None, True, 1e-5)
     acc = launch.acc_dtype(input.dtype)
     if autograd.transforms_active():  # vmap, jvp: the same formulas through the primitives' rules
         return autograd.closed_form_backward(

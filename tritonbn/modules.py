@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from tritonbn.distributed import SyncBatchNorm, SyncBatchNormAddReLU, SyncBatchNormReLU
-from tritonbn.functional import _batch_norm, _check_residual
+from tritonbn.functional import _batch_norm, _check_residual, _is_relu_output, _mark_relu_output
 
 __all__ = [
     "BatchNorm1d",
@@ -94,7 +94,7 @@ class BatchNorm2dReLU(BatchNorm2d):
     applies_relu = True
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return self._forward(input, relu=True)
+        return _mark_relu_output(self._forward(input, relu=True))
 
 
 class BatchNorm2dAddReLU(BatchNorm2d):
@@ -108,39 +108,25 @@ class BatchNorm2dAddReLU(BatchNorm2d):
 
     def forward(self, input: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         _check_residual(input, residual)
-        return self._forward(input, residual=residual, relu=True)
+        return _mark_relu_output(self._forward(input, residual=residual, relu=True))
 
 
-class FusedReLU(nn.Module):
-    """Stands where :func:`convert_model` fused a ``ReLU`` into the batch norm before it.
+class FusedReLU(nn.ReLU):
+    """The ``ReLU`` that :func:`convert_model` fused into the batch norm before it: a ``torch.nn.ReLU`` that
+    passes the fused layer's output through untouched (it is already ``relu(batch_norm(x))``).
 
-    The identity while the layer it was fused into still applies the ReLU itself, and ``relu`` again as
-    soon as it does not: after ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` (which rebuilds the fused
-    layer as a plain ``torch.nn.SyncBatchNorm``) or any other replacement of that layer, the model still
-    computes ``relu(batch_norm(x))``. The layer is found by its container and name (set by
-    :func:`convert_model`), so ``copy.deepcopy`` and pickling keep the link. A ``FusedReLU`` built by hand
-    is linked to nothing and is a plain ReLU. No parameters, nothing in the state_dict.
+    Any other input gets ``relu``. So when the fused layer is replaced by one without the ReLU (as
+    ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` rebuilds it into a plain ``nn.SyncBatchNorm``), the
+    model is cut and reassembled (``nn.Sequential(*list(model.children())[:k])``), a hook changes the
+    layer's output, or the layers are copied, pickled or replicated, the model still computes
+    ``relu(batch_norm(x))``. The decision is made per call from the tensor itself (the fused layers mark
+    their outputs); under ``torch.compile`` it is made while tracing and costs nothing.
     """
 
-    def __init__(self, inplace: bool = False) -> None:
-        super().__init__()
-        self.inplace = inplace
-        self.fused_into: tuple[nn.Module, str] | None = None  # (container, name) of the fused layer
-
-    def _fused(self) -> bool:
-        link = self.__dict__.get("fused_into")
-        if link is None:
-            return False
-        container, name = link
-        return getattr(container._modules.get(name), "applies_relu", False)
-
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if self._fused():
+        if _is_relu_output(input):
             return input
-        return torch.nn.functional.relu(input, inplace=self.inplace)
-
-    def extra_repr(self) -> str:
-        return "inplace=True" if self.inplace else ""
+        return super().forward(input)
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -238,28 +224,19 @@ def convert_model(module: nn.Module, *, detach_stats: bool = False, fuse_relu: b
         ):
             new_child = _retype(new_child, _FUSE_RELU[type(child)])
             relu_name, relu = children[i + 1]
-            placeholder = FusedReLU(relu.inplace)
-            placeholder.fused_into = (module, name)
-            setattr(module, relu_name, placeholder)
+            setattr(module, relu_name, FusedReLU(relu.inplace))
         if new_child is not child:
             setattr(module, name, new_child)
     return module
 
 
-def _stands_for(module: nn.Module, name: str) -> bool:
-    """Whether a FusedReLU in ``module`` stands for the ReLU of its child ``name``."""
-    return any(
-        type(c) is FusedReLU and c.__dict__.get("fused_into") is not None and c.fused_into[0] is module
-        and c.fused_into[1] == name
-        for c in module.children()
-    )  # fmt: skip
-
-
 def _check_revertible(module: nn.Module, prefix: str = "") -> None:
-    for name, child in module.named_children():
+    children = list(module.named_children())
+    for i, (name, child) in enumerate(children):
         path = f"{prefix}{name}"
-        if isinstance(child, _FUSED) and not (type(child) in _UNFUSE and _stands_for(module, name)):
-            what = "takes a residual" if child.takes_residual else "applies a ReLU that no FusedReLU stands for"
+        followed = i + 1 < len(children) and type(children[i + 1][1]) is FusedReLU
+        if isinstance(child, _FUSED) and not (type(child) in _UNFUSE and followed):
+            what = "takes a residual" if child.takes_residual else "applies a ReLU that no FusedReLU follows"
             raise ValueError(
                 f"revert_model: {path!r} ({type(child).__name__}) has no torch.nn equivalent: it {what}. "
                 "Replace it by torch.nn layers in the model's code (e.g. BatchNorm2d, then ReLU)."
@@ -271,9 +248,10 @@ def revert_model(module: nn.Module) -> nn.Module:
     """Undo :func:`convert_model`: tritonbn's batch norms become ``torch.nn`` ones again, fused ReLUs
     ``nn.ReLU`` modules again.
 
-    Raises ValueError, before changing anything, for a fused layer that has no ``torch.nn`` equivalent: a
-    :class:`BatchNorm2dAddReLU` (its forward takes a residual) or a :class:`BatchNorm2dReLU` that
-    :func:`convert_model` did not make (no :class:`FusedReLU` stands for its ReLU).
+    A fused layer directly followed by its :class:`FusedReLU` becomes the plain layer again, and the
+    placeholder an ``nn.ReLU``. Raises ValueError, before changing anything, for a fused layer that has no
+    ``torch.nn`` equivalent: a :class:`BatchNorm2dAddReLU` (its forward takes a residual) or a
+    :class:`BatchNorm2dReLU` that no :class:`FusedReLU` follows (one placed by hand).
     """
     if isinstance(module, _FUSED):
         raise ValueError(f"revert_model: {type(module).__name__} has no torch.nn equivalent (it applies a ReLU)")
@@ -290,7 +268,7 @@ def _revert(module: nn.Module) -> nn.Module:
         if type(child) is FusedReLU:
             setattr(module, name, nn.ReLU(child.inplace))
             continue
-        if type(child) in _UNFUSE:  # (checked: a FusedReLU stands for its ReLU)
+        if type(child) in _UNFUSE:  # (checked: a FusedReLU follows it)
             new_child = _retype(child, _UNFUSE[type(child)])
             new_child.__dict__.pop("detach_stats", None)
         else:

@@ -47,7 +47,7 @@ def batch_norm_forward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     from tritonbn.functional import _check_dtypes  # (functional imports this module)
 
-    _check_dtypes(x, running_mean, running_var, weight, bias, training)
+    _check_dtypes(x, running_mean, running_var, weight, bias, training, eps)
     if num_batches_tracked is not None:  # cumulative moving average (momentum=None): read when the op runs
         momentum = 1.0 / float(num_batches_tracked)
     new_mean, new_var = x.new_empty(0), x.new_empty(0)
@@ -166,8 +166,8 @@ def compiled_batch_norm(
     """The functional batch norm as traced by torch.compile: the op, then the buffer update outside it.
 
     ``num_batches_tracked`` (a layer's counter, already incremented) replaces ``momentum`` by the cumulative
-    average's 1/count, read by the op when it runs: a data-dependent float cannot be traced (torch's own
-    layer fails to compile with ``momentum=None`` for that reason).
+    average's 1/count, read by the op when it runs (a device synchronisation, as in eager mode): a
+    data-dependent float cannot be traced (torch's own layer fails to compile with ``momentum=None``).
     """
     y, _, _, new_mean, new_var = batch_norm_forward(
         input,
