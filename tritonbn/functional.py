@@ -247,36 +247,10 @@ def _batch_norm(
     if input.numel() == 0:
         return _empty_batch(input, weight, bias, residual)
     if torch.compiler.is_compiling():
-        if autograd.transforms_active():
-            # the custom ops have no vmap or jvp rules: the autograd Function, run eagerly (a graph break)
-            return _eager_batch_norm_function(
-                input,
-                weight,
-                bias,
-                running_mean,
-                running_var,
-                training,
-                momentum,
-                eps,
-                detach_stats,
-                residual,
-                relu,
-                num_batches_tracked,
-            )
-        return ops.compiled_batch_norm(
-            input,
-            running_mean,
-            running_var,
-            weight,
-            bias,
-            training,
-            momentum,
-            eps,
-            detach_stats,
-            residual,
-            relu,
-            num_batches_tracked,
-        )
+        # the custom ops have no vmap or jvp rules: under transforms, the autograd Function run eagerly
+        run = _eager_batch_norm_function if autograd.transforms_active() else ops.compiled_batch_norm
+        args = (running_mean, running_var, weight, bias, training, momentum, eps, detach_stats, residual, relu)
+        return run(input, *args, num_batches_tracked)
     needs_graph = grad_enabled and (
         input.requires_grad
         or (weight is not None and weight.requires_grad)
@@ -295,14 +269,17 @@ def _batch_norm(
 
 
 @torch.compiler.disable
-def _eager_batch_norm_function(*args):
-    """The autograd Function, run eagerly inside a compiled region (a graph break)."""
-    *args, num_batches_tracked = args
-    input, weight, bias, running_mean, running_var, training, _, eps = args[:8]
+def _eager_batch_norm_function(
+    input, running_mean, running_var, weight, bias, training, momentum, eps, detach_stats, residual, relu, count
+):
+    """The autograd Function run eagerly inside a compiled region (a graph break), with the arguments of
+    :func:`tritonbn.ops.compiled_batch_norm`."""
     _check_dtypes(input, running_mean, running_var, weight, bias, training, eps)  # (skipped while tracing)
-    if num_batches_tracked is not None:
-        args[6] = 1.0 / float(num_batches_tracked)  # momentum: the cumulative average's
-    return autograd.batch_norm_function(*args)
+    if count is not None:
+        momentum = 1.0 / float(count)  # the cumulative average's
+    return autograd.batch_norm_function(
+        input, weight, bias, running_mean, running_var, training, momentum, eps, detach_stats, residual, relu
+    )
 
 
 def _empty_batch(input, weight, bias, residual):
