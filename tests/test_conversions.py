@@ -15,6 +15,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import tritonbn
@@ -182,10 +183,12 @@ def test_fused_relu_is_a_relu_for_any_other_input(path):
     assert tritonbn.FusedReLU()(y) is y
     shifted = y - 1.0
     torch.testing.assert_close(tritonbn.FusedReLU()(shifted), torch.relu(shifted))
-    bn.register_forward_hook(lambda module, args, out: out - 1.0)
-    model = nn.Sequential(bn, tritonbn.FusedReLU()).eval()
     x = torch.randn(2, 3, 2, 2, device=path)
-    torch.testing.assert_close(model(x), torch.relu(bn(x)))
+    model = nn.Sequential(bn, tritonbn.FusedReLU()).eval()
+    for hook in (lambda module, args, out: out - 1.0, lambda module, args, out: out.sub_(1.0)):  # new, in place
+        handle = bn.register_forward_hook(hook)
+        torch.testing.assert_close(model(x), torch.relu(bn(x)))
+        handle.remove()
 
 
 def test_fused_sync_layers_single_process(path):
@@ -208,8 +211,18 @@ def test_fused_sync_layers_single_process(path):
         ):
             torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(m.running_var, ref.running_var)
-    with pytest.raises(RuntimeError, match="residual must match input"):
-        tritonbn.SyncBatchNormAddReLU(3).to(path)(x, r[:2])
+    # a residual the kernels do not take: torch's relu(bn(x) + r), with torch's promotion and errors
+    for cls in (tritonbn.BatchNorm2dAddReLU, tritonbn.SyncBatchNormAddReLU):
+        m = cls(3).to(path)
+        ref = nn.BatchNorm2d(3).to(path)
+        for residual in (r.detach().double(), r.detach()[:1]):
+            y = m(x, residual)
+            assert y.dtype == residual.dtype
+            torch.testing.assert_close(y, torch.relu(ref(x) + residual), msg=f"{cls.__name__}: {residual.dtype}")
+        with pytest.raises(RuntimeError, match="size of tensor a"):
+            m(x, r[:, :2])
+    y = tritonbn.batch_norm_relu(x, None, None, training=True, residual=r.detach().double())
+    torch.testing.assert_close(y, torch.relu(F.batch_norm(x, None, None, training=True) + r.detach().double()))
 
 
 def test_fused_placeholder_compiles_without_graph_break(path):

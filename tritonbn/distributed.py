@@ -28,7 +28,7 @@ from torch.autograd.function import once_differentiable
 
 from tritonbn import launch
 from tritonbn.autograd import _update_running_stats
-from tritonbn.functional import _batch_norm, _check_inputs, _check_residual, _mark_relu_output, uses_triton
+from tritonbn.functional import _batch_norm, _check_inputs, _fusable_residual, _mark_relu_output, uses_triton
 
 __all__ = ["SyncBatchNorm", "SyncBatchNormAddReLU", "SyncBatchNormFunction", "SyncBatchNormReLU"]
 
@@ -339,12 +339,14 @@ class SyncBatchNormAddReLU(SyncBatchNorm):
     """``relu(SyncBatchNorm(x) + residual)`` fused: ``forward(x, residual)``, what
     :meth:`SyncBatchNorm.convert_sync_batchnorm` makes of a :class:`tritonbn.BatchNorm2dAddReLU`.
 
-    Raises RuntimeError unless ``residual`` matches ``x`` in shape, dtype and device.
+    A ``residual`` of another dtype or shape is computed unfused, as torch computes
+    ``relu(sync_bn(x) + residual)``.
     """
 
     applies_relu = True
     takes_residual = True
 
     def forward(self, input: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        _check_residual(input, residual)
+        if not _fusable_residual(input, residual):
+            return torch.relu(self._forward(input) + residual)
         return _mark_relu_output(self._forward(input, residual, relu=True))

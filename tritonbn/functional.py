@@ -182,37 +182,44 @@ def batch_norm_relu(
     """``relu(batch_norm(input, ...) + residual)`` in one kernel forward and one fused backward.
 
     The pattern of every ResNet block (``residual`` omitted: ``relu(batch_norm(input))``). Arguments and
-    running-statistics semantics are those of :func:`batch_norm`; ``residual`` must have the shape, dtype
-    and device of ``input``.
+    running-statistics semantics are those of :func:`batch_norm`. A ``residual`` with the shape, dtype and
+    device of ``input`` is fused; any other is computed as torch computes ``relu(batch_norm(...) + residual)``
+    (type promotion, e.g. a float32 residual under bfloat16 autocast, and broadcasting, with torch's errors).
     """
-    if residual is not None:
-        _check_residual(input, residual)
+    if residual is not None and not _fusable_residual(input, residual):
+        y = _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, detach_stats)
+        return torch.relu(y + residual)
     return _batch_norm(
         input, running_mean, running_var, weight, bias, training, momentum, eps, detach_stats, residual, True
     )
 
 
-def _check_residual(input: torch.Tensor, residual: torch.Tensor) -> None:
-    """RuntimeError unless ``residual`` matches ``input`` in shape, dtype and device."""
-    if residual.shape != input.shape or residual.dtype != input.dtype or residual.device != input.device:
-        raise RuntimeError(
-            f"residual must match input in shape, dtype and device: got {tuple(residual.shape)}, "
-            f"{residual.dtype}, {residual.device} for input {tuple(input.shape)}, {input.dtype}, {input.device}"
-        )
+def _fusable_residual(input: torch.Tensor, residual: torch.Tensor) -> bool:
+    """Whether the fused kernels take ``residual``: ``input``'s shape, dtype and device. Any other residual
+    gets torch's ``relu(bn(x) + residual)`` unfused (dtype promotion, broadcasting, torch's errors)."""
+    return residual.shape == input.shape and residual.dtype == input.dtype and residual.device == input.device
 
 
 def _mark_relu_output(y: torch.Tensor) -> torch.Tensor:
-    """Mark the output of a fused layer's ReLU: a FusedReLU given this very tensor (not a copy, not the
-    result of another op) has nothing left to do. A Python attribute of the tensor object, so it dies with
-    the tensor and traces under torch.compile, where the FusedReLU's decision is made while tracing."""
+    """Mark the output of a fused layer's ReLU: a FusedReLU given this very tensor, unmodified since (not a
+    copy, not the result of another op, not changed in place) has nothing left to do. A Python attribute
+    of the tensor object holding its version counter, so it dies with the tensor; under torch.compile it
+    is read while tracing (where the version counter is not: the mark alone counts)."""
     if torch.compiler.is_compiling():
         y = y.view_as(y)  # dynamo stores no attribute on a custom op's output, but does on a view of it
-    y._tritonbn_relu_output = True
+        y._tritonbn_relu_output = -1
+    else:
+        y._tritonbn_relu_output = y._version
     return y
 
 
 def _is_relu_output(t) -> bool:
-    return isinstance(t, torch.Tensor) and getattr(t, "_tritonbn_relu_output", False)
+    if not isinstance(t, torch.Tensor):
+        return False
+    version = getattr(t, "_tritonbn_relu_output", None)
+    if version is None:
+        return False
+    return torch.compiler.is_compiling() or version == t._version
 
 
 def _batch_norm(

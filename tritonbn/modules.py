@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from tritonbn.distributed import SyncBatchNorm, SyncBatchNormAddReLU, SyncBatchNormReLU
-from tritonbn.functional import _batch_norm, _check_residual, _is_relu_output, _mark_relu_output
+from tritonbn.functional import _batch_norm, _fusable_residual, _is_relu_output, _mark_relu_output
 
 __all__ = [
     "BatchNorm1d",
@@ -100,14 +100,16 @@ class BatchNorm2dReLU(BatchNorm2d):
 class BatchNorm2dAddReLU(BatchNorm2d):
     """``relu(BatchNorm2d(x) + residual)`` fused, the tail of every ResNet block: ``forward(x, residual)``.
 
-    Raises RuntimeError unless ``residual`` matches ``x`` in shape, dtype and device.
+    A ``residual`` of another dtype or shape (type promotion under autocast, broadcasting) is computed
+    unfused, exactly as torch computes ``relu(bn(x) + residual)``, with torch's errors.
     """
 
     applies_relu = True
     takes_residual = True
 
     def forward(self, input: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        _check_residual(input, residual)
+        if not _fusable_residual(input, residual):
+            return torch.relu(self._forward(input) + residual)
         return _mark_relu_output(self._forward(input, residual=residual, relu=True))
 
 
