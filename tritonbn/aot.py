@@ -40,13 +40,14 @@ from pathlib import Path
 
 import torch
 
+from tritonbn.schema import AOT_BUDGET
+
 ARCHS = (90, 80)
-#: The budget of a kernel that touches every element (an H200 issues about 7 instructions per byte of DRAM
-#: bandwidth; at 8 per element a float16 pass is still memory-bound).
-MAX_REGISTERS = 128
-MAX_INSTRUCTIONS_PER_ELEMENT = 8.0
+#: The budget of a kernel that touches every element (:data:`tritonbn.schema.AOT_BUDGET`).
+MAX_REGISTERS = int(AOT_BUDGET["max_registers"])
+MAX_INSTRUCTIONS_PER_ELEMENT = float(AOT_BUDGET["max_instructions_per_element"])
 #: Below this many elements per thread a program is a small tensor's, bound by launch latency.
-MIN_ELEMENTS_PER_THREAD = 8
+MIN_ELEMENTS_PER_THREAD = int(AOT_BUDGET["min_elements_per_thread"])
 #: Classes of specialisations (kernel, path) not yet within the budget, with the most SASS instructions
 #: per element and registers they may have: a ratchet, measured with ``tritonbn-aot`` (full set) on
 #: triton 3.9 and rounded up by ~10%. Lower an entry when its class improves; delete it when the class

@@ -1,8 +1,10 @@
 """Column definitions of the result files in ``bench_results/`` and the append-only CSV writer.
 
-Both tools write long-format CSV (one measurement per row) whose columns are defined here and nowhere
-else; ``bench_results/README.md`` documents every column. Every row carries the provenance columns, so a
-row taken out of its file still says where and with what it was measured.
+The tools write long-format CSV (one measurement per row) whose columns are defined here and nowhere
+else: the tools, the dashboard and the tests all read them from this module, which imports neither torch
+nor triton (``import tritonbn.schema`` is cheap; the package loads its torch parts on first use).
+``bench_results/README.md`` documents every column. Every row carries the provenance columns, so a row
+taken out of its file still says where and with what it was measured.
 """
 
 from __future__ import annotations
@@ -13,8 +15,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 __all__ = [
+    "AOT_BUDGET",
+    "BENCH_APPENDED",
     "BENCH_COLUMNS",
+    "BENCH_REQUIRED",
+    "CORRECTNESS_APPENDED",
     "CORRECTNESS_COLUMNS",
+    "CORRECTNESS_REQUIRED",
+    "RECORD_KINDS",
+    "HOST_BUDGET",
     "AOT_COLUMNS",
     "ENV_COLUMNS",
     "HOST_COLUMNS",
@@ -42,9 +51,8 @@ PROVENANCE_COLUMNS: tuple[str, ...] = (
     "triton",
 )
 
-#: ``tritonbn-bench``: the benchmark list of the result format, then ``suite``, ``status``, ``timer`` and
-#: ``wall_ms`` (eager wall time per call, host included) appended.
-BENCH_COLUMNS: tuple[str, ...] = (
+#: ``tritonbn-bench``: the columns every benchmark file has (a reader refuses a file without one of them) ...
+BENCH_REQUIRED: tuple[str, ...] = (
     *PROVENANCE_COLUMNS,
     "provider",
     "backend",
@@ -65,15 +73,15 @@ BENCH_COLUMNS: tuple[str, ...] = (
     "gbps",
     "peak_gbps",
     "pct_of_peak",
-    "suite",
-    "status",
-    "timer",
-    "wall_ms",
 )
+#: ... then the columns appended later: ``suite``, ``status`` (ok | error | skipped), ``timer``, ``wall_ms``
+#: (eager wall time per call, host included) and ``own_bytes`` (the traffic of the implementation's own
+#: passes, where modelled); a reader fills them in when an older file lacks them.
+BENCH_APPENDED: tuple[str, ...] = ("suite", "status", "timer", "wall_ms", "own_bytes")
+BENCH_COLUMNS: tuple[str, ...] = (*BENCH_REQUIRED, *BENCH_APPENDED)
 
-#: ``tritonbn-check``: the correctness list of the result format plus provenance, then ``backend``, ``status``
-#: and ``note`` appended.
-CORRECTNESS_COLUMNS: tuple[str, ...] = (
+#: ``tritonbn-check``: the columns every correctness file has (provenance first) ...
+CORRECTNESS_REQUIRED: tuple[str, ...] = (
     *PROVENANCE_COLUMNS,
     "provider",
     "case",
@@ -87,10 +95,10 @@ CORRECTNESS_COLUMNS: tuple[str, ...] = (
     "tol",
     "passed",
     "device",
-    "backend",
-    "status",
-    "note",
 )
+#: ... then ``backend``, ``status`` (ok | fail | error | skipped) and ``note`` (why), appended later.
+CORRECTNESS_APPENDED: tuple[str, ...] = ("backend", "status", "note")
+CORRECTNESS_COLUMNS: tuple[str, ...] = (*CORRECTNESS_REQUIRED, *CORRECTNESS_APPENDED)
 
 
 #: ``tritonbn-gpu-session`` records, one file per step (see ``bench_results/README.md``).
@@ -215,6 +223,25 @@ RESULT_KINDS: dict[str, str] = {
     "train": "_train",
     "host": "_host",
     "aot": "_aot",
+}
+
+#: The kinds that are records of their own (a ``tritonbn-gpu-session`` step, ``tritonbn-bench --host``,
+#: ``tritonbn-aot``), told apart by the ending of their file names, not by their columns.
+RECORD_KINDS: tuple[str, ...] = tuple(k for k in RESULT_KINDS if k not in ("bench", "check"))
+
+#: The budget ``tritonbn-aot --check`` holds a hot kernel (one that touches every element) to: at most this
+#: many registers, no spills, and at most this many SASS instructions per element whenever a thread holds at
+#: least ``min_elements_per_thread`` elements (smaller tiles belong to tensors of a few thousand elements,
+#: bound by launch latency, not by instruction issue). An H200 issues about 7 instructions per byte of DRAM
+#: bandwidth; at 8 per element a float16 pass is still memory-bound.
+#: ``tritonbn-bench --host``: tritonbn's host time per train forward + backward, at most this many times
+#: torch's (in one run on one machine).
+HOST_BUDGET = 1.5
+
+AOT_BUDGET: dict[str, float] = {
+    "max_registers": 128,
+    "max_instructions_per_element": 8.0,
+    "min_elements_per_thread": 8,
 }
 
 

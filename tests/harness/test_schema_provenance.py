@@ -1,9 +1,13 @@
 import csv
 import datetime as dt
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from tritonbn import provenance
+from tritonbn import provenance, schema
 from tritonbn.schema import (
     BENCH_COLUMNS,
     CORRECTNESS_COLUMNS,
@@ -13,61 +17,34 @@ from tritonbn.schema import (
     unique_path,
 )
 
-DESIGN_BENCH = [
-    "timestamp",
-    "git_sha",
-    "gpu",
-    "compute_capability",
-    "torch",
-    "cuda",
-    "cudnn",
-    "triton",
-    "provider",
-    "backend",
-    "mode",
-    "pass",
-    "dim",
-    "N",
-    "C",
-    "spatial",
-    "dtype",
-    "layout",
-    "affine",
-    "numel",
-    "bytes",
-    "ms_median",
-    "ms_p20",
-    "ms_p80",
-    "gbps",
-    "peak_gbps",
-    "pct_of_peak",
-]
-DESIGN_CHECK = [
-    "provider",
-    "case",
-    "dtype",
-    "layout",
-    "mode",
-    "quantity",
-    "max_abs_err",
-    "max_rel_err",
-    "reference",
-    "tol",
-    "passed",
-    "device",
-]
+README = Path(__file__).resolve().parents[2] / "bench_results" / "README.md"
 
 
-def test_bench_columns_are_the_design_list_then_appended():
-    assert list(BENCH_COLUMNS[: len(DESIGN_BENCH)]) == DESIGN_BENCH
-    assert set(BENCH_COLUMNS[len(DESIGN_BENCH) :]) == {"suite", "status", "timer", "wall_ms"}
-    assert len(set(BENCH_COLUMNS)) == len(BENCH_COLUMNS)
+@pytest.mark.parametrize("name", [n for n in schema.__all__ if n.endswith("_COLUMNS")])
+def test_every_column_is_documented(name):
+    """Each column a tool writes is explained in bench_results/README.md (as `column`), once per list."""
+    columns = getattr(schema, name)
+    assert len(set(columns)) == len(columns)
+    documented = set(re.findall(r"`([A-Za-z_0-9]+)`", README.read_text(encoding="utf-8")))
+    assert set(columns) - documented == set()
 
 
-def test_correctness_columns_have_design_list_and_provenance():
-    assert set(DESIGN_CHECK) <= set(CORRECTNESS_COLUMNS)
-    assert CORRECTNESS_COLUMNS[: len(PROVENANCE_COLUMNS)] == PROVENANCE_COLUMNS
-    assert len(set(CORRECTNESS_COLUMNS)) == len(CORRECTNESS_COLUMNS)
+def test_columns_are_required_then_appended():
+    assert (*schema.BENCH_REQUIRED, *schema.BENCH_APPENDED) == BENCH_COLUMNS
+    assert (*schema.CORRECTNESS_REQUIRED, *schema.CORRECTNESS_APPENDED) == CORRECTNESS_COLUMNS
+    for columns in (BENCH_COLUMNS, CORRECTNESS_COLUMNS):
+        assert columns[: len(PROVENANCE_COLUMNS)] == PROVENANCE_COLUMNS
+    assert set(schema.RECORD_KINDS) == set(schema.RESULT_KINDS) - {"bench", "check"}
+
+
+def test_schema_imports_neither_torch_nor_triton():
+    """The dashboard reads the columns from tritonbn.schema and must start without torch."""
+    code = (
+        "import sys, tritonbn.schema; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'triton') or m.startswith('tritonbn')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['tritonbn', 'tritonbn.schema']"
 
 
 def test_provenance_has_exactly_the_provenance_columns():

@@ -25,10 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["PASSES", "HOST_BUDGET", "LaunchCount", "count_launches", "measure", "stubbed_kernels"]
+from tritonbn.schema import HOST_BUDGET
 
-#: host time of tritonbn's train forward + backward, at most this many times torch's
-HOST_BUDGET = 1.5
+__all__ = ["PASSES", "HOST_BUDGET", "LaunchCount", "count_launches", "measure", "stubbed_kernels"]
 
 #: ATen operators that allocate or reinterpret memory without launching a kernel on a GPU.
 NO_KERNEL_OPS = frozenset(
