@@ -344,6 +344,13 @@ def geometry(
     )
 
 
+def one_tile(x: torch.Tensor) -> bool:
+    """Whether a training forward or backward over ``x`` (and tensors strided like it) runs one program per
+    channel block holding all of its rows: one launch per pass, each element of x read once. ``x``: (N, C,
+    *spatial) or (N, C), any dtype and layout the kernels take."""
+    return geometry(rows_view(ncs_view(x)), wide_acc=x.dtype == torch.float64).single
+
+
 def _split(v: float) -> tuple[float, float]:
     """``v`` as float32 hi + lo: kernels take float arguments as float32; the pair keeps float64 precision."""
     return _split_cached(float(v))

@@ -142,12 +142,41 @@ def test_run_config_plumbing_on_cpu():
     assert by[("native", "fwd")]["backend"] == "native"
     assert by[("tritonbn", "fwd")]["backend"] in ("triton", "torch-native")
     assert by[("tritonbn", "fwd")]["bytes"] == 2 * 360 * 2 + 8 * 3 * 4
+    # the implementation's own traffic: tritonbn in one tile per channel block here; native 3 passes forward
+    assert by[("tritonbn", "fwd")]["own_bytes"] == by[("tritonbn", "fwd")]["bytes"]
+    assert by[("native", "fwd")]["own_bytes"] == 3 * 360 * 2 + 8 * 3 * 4
+    assert by[("cudnn", "fwd")]["own_bytes"] is None
     # cuDNN has no CPU kernel: recorded as an error, not timed
     assert all(
         by[("cudnn", p)]["status"].startswith("error") and by[("cudnn", p)]["ms_median"] is None
         for p in ("fwd", "bwd", "fwd_bwd")
     )
     assert set(BENCH_COLUMNS) - set(rows[0]) <= set(PROVENANCE_COLUMNS)
+
+
+def test_own_traffic_model():
+    """Passes over the activation as each implementation's kernels make them (README, "How it works")."""
+    from tritonbn.bench.suites import own_traffic_bytes, traffic_bytes
+    from tritonbn.launch import one_tile
+
+    numel, C, elt, p = 1000, 10, 2, 4
+
+    def own(provider, pass_, training=True, single=False):
+        extra = traffic_bytes(pass_, 0, C, elt, p, True, training=training)
+        got = own_traffic_bytes(provider, pass_, numel, C, elt, p, True, training=training, one_tile=single)
+        return None if got is None else (got - extra) // (numel * elt)
+
+    assert [own("tritonbn", q) for q in ("fwd", "bwd", "fwd_bwd")] == [3, 5, 8]
+    assert [own("tritonbn", q, single=True) for q in ("fwd", "bwd", "fwd_bwd")] == [2, 3, 5]
+    assert [own("tritonbn", q, training=False) for q in ("fwd", "bwd", "fwd_bwd")] == [2, 3, 5]
+    assert [own("native", q) for q in ("fwd", "bwd", "fwd_bwd")] == [3, 5, 8]
+    assert own("native", "bwd", training=False) is None  # not modelled
+    assert own("cudnn", "fwd") is None and own("inductor", "fwd_bwd") is None
+    with pytest.raises(ValueError):
+        own_traffic_bytes("tritonbn", "sideways", numel, C, elt, p, True)
+    # one tile per channel block while a channel's rows fit one tile
+    assert one_tile(torch.empty(4, 3, 5, 6, device="meta"))
+    assert not one_tile(torch.empty(256, 2, 32, 32, device="meta"))
 
 
 def test_wrong_provider_is_not_timed(monkeypatch):

@@ -14,7 +14,7 @@ import torch
 
 from tritonbn import reference
 from tritonbn.bench.providers import EPS, BenchTensors, detect_backend, make_forward, make_tensors
-from tritonbn.bench.suites import PASSES, Shape, traffic_bytes
+from tritonbn.bench.suites import PASSES, Shape, own_traffic_bytes, traffic_bytes
 from tritonbn.correctness.tolerances import condition_number, dtype_name, errors, tolerance
 
 __all__ = ["BenchConfig", "Timer", "WallTimer", "configurations", "run_config", "spread_order", "verify"]
@@ -202,6 +202,12 @@ def run_config(
         "suite": cfg.suite,
         "peak_gbps": peak_gbps,
     }
+    one_tile = False
+    if setup_error is None:
+        with contextlib.suppress(Exception):  # the modelled traffic only; the measurement does not need it
+            from tritonbn.launch import one_tile as _one_tile
+
+            one_tile = _one_tile(base_tensors.x)
     rows = []
     for provider in providers:
         backend, status, t, f = "", setup_error or "ok", None, None
@@ -220,6 +226,10 @@ def run_config(
             f = None
         for pass_ in passes:
             nbytes = traffic_bytes(pass_, shape.numel, shape.C, elt, param_elt, cfg.affine, training=cfg.training)
+            own = own_traffic_bytes(
+                provider, pass_, shape.numel, shape.C, elt, param_elt, cfg.affine, training=cfg.training,
+                one_tile=one_tile,
+            )  # fmt: skip
             row = {
                 **common,
                 "provider": provider,
@@ -234,6 +244,7 @@ def run_config(
                 "timer": "",
                 "status": status,
                 "wall_ms": None,
+                "own_bytes": own,
             }
             if status == "ok":
                 try:

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 __all__ = [
     "LAYOUTS",
+    "OWN_PASSES",
     "PASSES",
     "SUITES",
     "Shape",
     "get_suite",
+    "own_traffic_bytes",
     "quick_shapes",
     "resnet50_shapes",
     "sweep_shapes",
@@ -201,3 +203,53 @@ def traffic_bytes(
     elements = {"fwd": 2, "bwd": 3, "fwd_bwd": 5}[pass_]
     per_channel = {"fwd": fwd_c, "bwd": bwd_c, "fwd_bwd": fwd_c + bwd_c}[pass_]
     return elements * numel * elt_size + per_channel * param_elt_size
+
+
+#: Passes over the activation (T: numel elements of the input's dtype read or written once) of each
+#: implementation whose kernels are known, per (mode, pass): tritonbn by its launch plan (one tile per channel
+#: block, or many tiles: README, "How it works"), PyTorch's native CUDA kernels as their source structures
+#: them (a statistics or reduction kernel, then an elementwise one). cuDNN picks its kernels at run time and
+#: inductor generates them: not modelled.
+OWN_PASSES: dict[str, dict[tuple[str, str], tuple[int, int]]] = {
+    # (mode, pass): (passes with one tile per channel block, passes with many tiles)
+    "tritonbn": {
+        ("train", "fwd"): (2, 3),  # read x, write y; many tiles: x read again to normalise
+        ("train", "bwd"): (3, 5),  # read dy and x, write dx; many tiles: dy and x read again for dx
+        ("eval", "fwd"): (2, 2),
+        ("eval", "bwd"): (3, 3),  # constant statistics: dx written by the reduction pass
+    },
+    "native": {("train", "fwd"): (3, 3), ("train", "bwd"): (5, 5), ("eval", "fwd"): (2, 2)},
+}
+
+
+def own_traffic_bytes(
+    provider: str,
+    pass_: str,
+    numel: int,
+    C: int,
+    elt_size: int,
+    param_elt_size: int,
+    affine: bool,
+    *,
+    training: bool = True,
+    one_tile: bool = False,
+) -> int | None:
+    """DRAM traffic (bytes) of one pass as the implementation's own kernels move it: :data:`OWN_PASSES` passes
+    over the activation plus the O(C) terms of :func:`traffic_bytes` (partials exchanged between a pass's
+    programs, O(C) per program, are left out). ``one_tile``: tritonbn ran one program per channel block
+    (:func:`tritonbn.launch.one_tile`). None for an implementation or pass not modelled (cuDNN, inductor).
+
+    The GB/s at this traffic over the copy bandwidth says how close the kernels run to the memory system's
+    limit for what they read and write; at :func:`traffic_bytes` it says how close the pass is to the
+    minimum any implementation needs. Raises ValueError for an unknown pass.
+    """
+    per_channel = traffic_bytes(pass_, 0, C, elt_size, param_elt_size, affine, training=training)  # checks pass_
+    mode = "train" if training else "eval"
+    table = OWN_PASSES.get(provider)
+    if table is None:
+        return None
+    parts = ("fwd", "bwd") if pass_ == "fwd_bwd" else (pass_,)
+    if any((mode, p) not in table for p in parts):
+        return None
+    passes = sum(table[(mode, p)][0 if one_tile else 1] for p in parts)
+    return passes * numel * elt_size + per_channel
