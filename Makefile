@@ -17,12 +17,13 @@ else
 TEST_ENV := TRITON_INTERPRET=1
 endif
 
-.PHONY: help venv lint test test-gpu bench check gpu-session dashboard clean
+.PHONY: help venv lint test test-gpu bench check gpu-session dashboard docs-figure clean
 
 help:
 	@echo "make test       run the test suite (Triton interpreter on CPU, kernels on CUDA)"
 	@echo "make dashboard  serve the dashboard on $(RESULTS)/"
 	@echo "make lint       ruff"
+	@echo "make docs-figure  regenerate docs/dashboard.png from the app on $(RESULTS)/ (needs Debian's chromium)"
 	@echo "make test-gpu   only the tests marked gpu (needs CUDA)"
 	@echo "make bench      tritonbn-bench --suite quick (needs CUDA)"
 	@echo "make check      tritonbn-check --quick"
@@ -68,6 +69,11 @@ dashboard: venv
 	$(TEST_ENV) TRITONBN_RESULTS=$(RESULTS) $(VENV)/bin/streamlit run dashboard/streamlit_app.py \
 		--server.headless true --server.port $(PORT) \
 		--browser.gatherUsageStats false --server.fileWatcherType none
+
+# The README figure: the Overview page of the running app in headless Chromium, its top 1400x1000 pixels.
+docs-figure: venv
+	$(TEST_ENV) $(PY) -m dashboard.screenshot --results $(RESULTS) --page overview --height 1000 --out test-artifacts/docs
+	cp test-artifacts/docs/overview.png docs/dashboard.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info test-artifacts

@@ -18,58 +18,27 @@ from pathlib import Path
 
 import pandas as pd
 
-PROVENANCE_COLUMNS = ["timestamp", "git_sha", "gpu", "compute_capability", "torch", "cuda", "cudnn", "triton"]
+from tritonbn import schema
 
-BENCHMARK_COLUMNS = [
-    *PROVENANCE_COLUMNS,
-    "provider",
-    "backend",
-    "mode",
-    "pass",
-    "dim",
-    "N",
-    "C",
-    "spatial",
-    "dtype",
-    "layout",
-    "affine",
-    "numel",
-    "bytes",
-    "ms_median",
-    "ms_p20",
-    "ms_p80",
-    "gbps",
-    "peak_gbps",
-    "pct_of_peak",
-]
+# The columns come from tritonbn.schema, which the tools write with (it imports neither torch nor triton).
+PROVENANCE_COLUMNS = list(schema.PROVENANCE_COLUMNS)
+BENCHMARK_COLUMNS = list(schema.BENCH_REQUIRED)
 BENCHMARK_NUMERIC = ["dim", "N", "C", "numel", "bytes", "ms_median", "ms_p20", "ms_p80", "gbps", "peak_gbps"]
-BENCHMARK_NUMERIC += ["pct_of_peak", "wall_ms"]
-# Optional benchmark columns: failed providers are recorded with empty timings and a status / error.
-BENCHMARK_OPTIONAL = ["suite", "status", "error", "timer", "wall_ms"]
+BENCHMARK_NUMERIC += ["pct_of_peak", "wall_ms", "own_bytes"]
+# Optional benchmark columns, filled in when a file lacks them: failed providers are recorded with empty
+# timings and a status (``error: <message>``); ``error`` is a message column the dashboard shows when a file
+# has one.
+BENCHMARK_OPTIONAL = [*schema.BENCH_APPENDED, "error"]
 
-CORRECTNESS_COLUMNS = [
-    "provider",
-    "case",
-    "dtype",
-    "layout",
-    "mode",
-    "quantity",
-    "max_abs_err",
-    "max_rel_err",
-    "reference",
-    "tol",
-    "passed",
-    "device",
-    *PROVENANCE_COLUMNS,
-]
+CORRECTNESS_COLUMNS = list(schema.CORRECTNESS_REQUIRED)
 CORRECTNESS_NUMERIC = ["max_abs_err", "max_rel_err", "tol"]
 # Optional correctness columns: ``status`` is ok | fail | error | skipped, ``note`` says why.
-CORRECTNESS_OPTIONAL = ["backend", "status", "note"]
+CORRECTNESS_OPTIONAL = list(schema.CORRECTNESS_APPENDED)
 
 # The records of ``tritonbn-gpu-session`` steps, ``tritonbn-bench --host`` and ``tritonbn-aot``, by the ending
 # of their file names (``<date>_<sha>_env.csv``): listed as runs of their own kind, not read as benchmark or
 # correctness files.
-SESSION_RECORD_KINDS = ("env", "tests", "kernels", "sync", "train", "host", "aot")
+SESSION_RECORD_KINDS = schema.RECORD_KINDS
 
 # Columns that only one kind of file has: used to tell the kinds apart when some columns are missing.
 _BENCHMARK_MARKERS = {"pass", "ms_median", "ms_p20", "ms_p80", "gbps", "peak_gbps", "pct_of_peak", "numel", "bytes"}
@@ -108,6 +77,10 @@ class Results:
     problems: list[str]
     #: provenance and ``source`` of the session records (the rows of every ``*_<kind>.csv`` of a GPU session)
     records: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=[*PROVENANCE_COLUMNS, "source"]))
+    #: every row of the ``tritonbn-aot`` reports (:data:`tritonbn.schema.AOT_COLUMNS`, numbers parsed)
+    aot: pd.DataFrame = field(default_factory=lambda: empty_record("aot"))
+    #: every row of the ``tritonbn-bench --host`` records (:data:`tritonbn.schema.HOST_COLUMNS`)
+    host: pd.DataFrame = field(default_factory=lambda: empty_record("host"))
 
     @property
     def files_frame(self) -> pd.DataFrame:
@@ -121,11 +94,40 @@ class Results:
 
 
 def empty_benchmarks() -> pd.DataFrame:
-    return pd.DataFrame(columns=[*BENCHMARK_COLUMNS, *BENCHMARK_OPTIONAL, "source", "ok", "shape", "config"])
+    extra = ["source", "ok", "shape", "config", "own_gbps", "own_pct_of_peak"]
+    return pd.DataFrame(columns=[*BENCHMARK_COLUMNS, *BENCHMARK_OPTIONAL, *extra])
 
 
 def empty_correctness() -> pd.DataFrame:
     return pd.DataFrame(columns=[*CORRECTNESS_COLUMNS, *CORRECTNESS_OPTIONAL, "source", "result"])
+
+
+# The record kinds whose rows the pages read in full (the others are listed with their provenance only):
+# their columns and which of them are numbers.
+RECORD_COLUMNS = {"aot": schema.AOT_COLUMNS, "host": schema.HOST_COLUMNS}
+RECORD_NUMERIC = {
+    "aot": [
+        "block_n",
+        "block_s",
+        "block_c",
+        "num_warps",
+        "registers",
+        "spill_bytes",
+        "shared_bytes",
+        "sass_instructions",
+        "loop_instructions",
+        "program_instructions",
+        "elements_per_thread",
+        "instructions_per_element",
+        "div64_per_thread",
+        "uses",
+    ],
+    "host": ["triton_launches", "aten_launches", "launches", "host_us", "host_ratio"],
+}
+
+
+def empty_record(kind: str) -> pd.DataFrame:
+    return pd.DataFrame(columns=[*RECORD_COLUMNS[kind], "source"])
 
 
 def csv_files(root: str | Path) -> list[Path]:
@@ -258,6 +260,9 @@ def _validate_benchmark(df: pd.DataFrame, name: str, problems: list[str]) -> pd.
     df["ok"] = df["ms_median"].notna() & (df["ms_median"] > 0) & status_ok
     # Derived columns the pages use.
     df["gbps"] = df["gbps"].where(df["gbps"].notna(), df["bytes"] / (df["ms_median"] * 1e6))
+    # GB/s at the traffic of the implementation's own passes (where the tool modelled it), and its % of copy
+    df["own_gbps"] = df["own_bytes"] / (df["ms_median"] * 1e6)
+    df["own_pct_of_peak"] = 100 * df["own_gbps"] / df["peak_gbps"]
     df["shape"] = [shape_label(*t) for t in zip(df["dim"], df["N"], df["C"], df["spatial"], strict=True)]
     df["config"] = (
         df["shape"] + " " + df["dtype"] + " " + df["layout"] + " " + df["mode"] + " " + df["pass"].astype(str)
@@ -298,6 +303,14 @@ def load_file(path: Path, root: Path) -> tuple[str, pd.DataFrame | None, list[st
         missing = [c for c in PROVENANCE_COLUMNS if c not in df.columns]
         if missing:
             return record, None, [*problems, f"{name}: {record} record is missing column(s): {', '.join(missing)}"]
+        if record in RECORD_COLUMNS:
+            columns = RECORD_COLUMNS[record]
+            for col in columns:  # reports made before a column existed (e.g. program_instructions)
+                if col not in df:
+                    df[col] = ""
+            _to_numeric(df, [c for c in RECORD_NUMERIC[record] if c in df], name, problems)
+            if record == "aot":
+                _to_bool(df, "hot", name, problems)
         df["source"] = name
         return record, df, problems
     kind = classify(df.columns)
@@ -322,6 +335,7 @@ def load_results(root: str | Path) -> Results:
     files: list[FileInfo] = []
     frames: dict[str, list[pd.DataFrame]] = {"benchmark": [], "correctness": []}
     records: list[pd.DataFrame] = []
+    full: dict[str, list[pd.DataFrame]] = {kind: [] for kind in RECORD_COLUMNS}
     if not root.exists():
         problems.append(f"results folder {root} does not exist")
     elif not root.is_dir():
@@ -339,11 +353,16 @@ def load_results(root: str | Path) -> Results:
             frames[kind].append(df)
         elif df is not None:
             records.append(df[[*PROVENANCE_COLUMNS, "source"]])
+            if kind in RECORD_COLUMNS:
+                full[kind].append(df)
     bench = pd.concat(frames["benchmark"], ignore_index=True) if frames["benchmark"] else empty_benchmarks()
     corr = pd.concat(frames["correctness"], ignore_index=True) if frames["correctness"] else empty_correctness()
     result = Results(bench, corr, files, problems)
     if records:
         result.records = pd.concat(records, ignore_index=True)
+    for kind, dfs in full.items():
+        if dfs:
+            setattr(result, kind, pd.concat(dfs, ignore_index=True))
     return result
 
 
@@ -432,12 +451,31 @@ def headline(df: pd.DataFrame, provider: str = "tritonbn") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
+def runs(df: pd.DataFrame) -> list[str]:
+    """The runs (result files, ``source``) of ``df`` in the order they were made: by the timestamp their rows
+    record (the start of the run), then by file name. Not by file name alone: two runs of one day are named
+    by their commits, whose hashes do not sort in time."""
+    if df.empty:
+        return []
+    started = df.groupby("source", sort=False)["timestamp"].min().astype(str)
+    return sorted(started.index, key=lambda src: (started[src], src))
+
+
+def run_started(df: pd.DataFrame, source: str) -> str:
+    """When ``source`` started, as ``YYYY-MM-DD HH:MM UTC`` (the raw value when it is not ISO 8601)."""
+    ts = df.loc[df["source"] == source, "timestamp"].astype(str)
+    if ts.empty:
+        return ""
+    t = pd.to_datetime(ts.min(), utc=True, errors="coerce")
+    return ts.min() if pd.isna(t) else t.strftime("%Y-%m-%d %H:%M UTC")
+
+
 def latest_correctness_runs(corr: pd.DataFrame) -> pd.DataFrame:
-    """The rows of the most recent correctness run (result file) per device."""
+    """The rows of the most recent correctness run (result file, see :func:`runs`) per device."""
     if corr.empty:
         return corr
-    newest = corr.sort_values(["timestamp", "source"]).groupby("device", sort=False)["source"].last()
-    return corr[corr["source"].isin(set(newest))]
+    newest = {device: runs(g)[-1] for device, g in corr.groupby("device", sort=False)}
+    return corr[corr["source"].isin(set(newest.values()))]
 
 
 def pass_rates(corr: pd.DataFrame, by: tuple[str, ...] = ("device", "provider", "dtype")) -> pd.DataFrame:
@@ -471,6 +509,37 @@ def provenance(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*cols, "rows"])
 
 
+def provenance_compact(prov: pd.DataFrame) -> pd.DataFrame:
+    """:func:`provenance` in four columns that fit a page: ``started`` (UTC), ``commit``, ``device`` (the GPU,
+    with its compute capability) and ``versions`` (torch, CUDA, cuDNN and Triton, the ones present)."""
+    cols = ["source", "started", "commit", "device", "versions", "rows"]
+    if prov.empty:
+        return pd.DataFrame(columns=cols)
+
+    def present(v) -> bool:
+        return str(v) not in ("", "nan", "none", "None")
+
+    def versions(r) -> str:
+        names = (("torch", "torch"), ("cuda", "CUDA"), ("cudnn", "cuDNN"), ("triton", "triton"))
+        return " · ".join(f"{label} {r[c]}" for c, label in names if c in r and present(r[c]))
+
+    def device(r) -> str:
+        gpu, cc = r.get("gpu", ""), r.get("compute_capability", "")
+        return " ".join(str(v) for v in (gpu if present(gpu) else "", f"(cc {cc})" if present(cc) else "") if v)
+
+    out = pd.DataFrame(
+        {
+            "source": prov["source"],
+            "started": prov["timestamp"].astype(str).str.replace("T", " ").str.replace("Z", " UTC"),
+            "commit": prov["git_sha"],
+            "device": [device(r) for _, r in prov.iterrows()],
+            "versions": [versions(r) for _, r in prov.iterrows()],
+            "rows": prov.get("rows", ""),
+        }
+    )
+    return out[cols]
+
+
 def compare_benchmark_runs(df: pd.DataFrame, run_a: str, run_b: str) -> pd.DataFrame:
     """Rows measured in both runs (files): ms in each and ``ratio = ms_b / ms_a`` (below 1: B is faster)."""
     keys = [k for k in CONFIG_KEYS if k != "gpu"] + ["provider"]
@@ -493,3 +562,116 @@ def compare_correctness_runs(df: pd.DataFrame, run_a: str, run_b: str) -> pd.Dat
     both_skipped = m["passed_a"].isna() & m["passed_b"].isna()
     m["changed"] = ~both_skipped & (m["passed_a"].astype(str) != m["passed_b"].astype(str))
     return m
+
+
+# --- ahead-of-time kernel reports and host records ---------------------------------------------------------------
+
+AOT_PATH_LABEL = {"loop": "tile loop", "one-tile": "one tile"}
+
+
+def aot_rows(aot: pd.DataFrame, source: str) -> pd.DataFrame:
+    """The rows of one ``tritonbn-aot`` report with the columns the Kernels page adds: ``path`` (``loop``: the
+    program loops over tiles, the streaming path of large tensors; ``one-tile``), ``tile`` (``N×S×C``),
+    ``budgeted`` (a hot kernel whose threads hold enough elements for the instruction budget to apply) and
+    ``over`` (what of the budget of :data:`tritonbn.schema.AOT_BUDGET` the row exceeds, empty if nothing)."""
+    budget = schema.AOT_BUDGET
+    d = aot[aot["source"] == source].copy()
+    if d.empty:
+        return d.assign(path=[], tile=[], budgeted=[], over=[])
+    d["path"] = (d["loop_instructions"].fillna(0) > 0).map({True: "loop", False: "one-tile"})
+    d["tile"] = [
+        "×".join(str(int(v)) if pd.notna(v) else "?" for v in t)
+        for t in zip(d["block_n"], d["block_s"], d["block_c"], strict=True)
+    ]
+    ok = d["status"].astype(str).str.strip().str.lower() == "ok"
+    hot = d["hot"].fillna(False).astype(bool) & ok
+    d["budgeted"] = hot & (d["elements_per_thread"] >= budget["min_elements_per_thread"])
+    over = []
+    for _, r in d.iterrows():
+        why = []
+        if not ok[r.name]:
+            why.append("does not compile")
+        elif hot[r.name]:
+            if r["registers"] > budget["max_registers"]:
+                why.append(f"{r['registers']:.0f} registers")
+            if r["spill_bytes"] > 0:
+                why.append(f"spills {r['spill_bytes']:.0f} B")
+            if r["div64_per_thread"] > 0:
+                why.append("64-bit division")
+            if r["budgeted"] and r["instructions_per_element"] > budget["max_instructions_per_element"]:
+                why.append(f"{r['instructions_per_element']:g} instructions/element")
+        over.append(", ".join(why))
+    d["over"] = over
+    return d
+
+
+def aot_history(aot: pd.DataFrame) -> pd.DataFrame:
+    """One row per ``tritonbn-aot`` report (oldest first) and arch: specialisations, compile errors, the hot
+    rows over the budget, and the worst registers and instructions per element of a hot kernel."""
+    cols = ["source", "started", "git_sha", "triton", "arch", "rows", "errors", "hot", "over_budget"]
+    cols += ["max_registers", "max_instructions_per_element", "median_instructions_per_element"]
+    out = []
+    for source in runs(aot):
+        d = aot_rows(aot, source)
+        for arch, g in d.groupby("arch", sort=True):
+            hot = g[g["hot"].fillna(False).astype(bool)]
+            b = g[g["budgeted"]]
+            out.append(
+                {
+                    "source": source,
+                    "started": run_started(aot, source),
+                    "git_sha": g["git_sha"].iloc[0],
+                    "triton": g["triton"].iloc[0],
+                    "arch": arch,
+                    "rows": len(g),
+                    "errors": int((g["over"] == "does not compile").sum()),
+                    "hot": len(hot),
+                    "over_budget": int((hot["over"] != "").sum()),
+                    "max_registers": hot["registers"].max(),
+                    "max_instructions_per_element": b["instructions_per_element"].max(),
+                    "median_instructions_per_element": b["instructions_per_element"].median(),
+                }
+            )
+    return pd.DataFrame(out, columns=cols)
+
+
+HOST_PASS_ORDER = [
+    "train_forward",
+    "train_backward",
+    "train_forward_backward",
+    "eval_forward",
+    "relu_add_forward",
+    "relu_add_backward",
+]
+
+
+def host_table(host: pd.DataFrame, source: str) -> pd.DataFrame:
+    """One row per pass of a ``tritonbn-bench --host`` record: launches and host µs per call of tritonbn and
+    of torch, and their ratio (tritonbn / torch)."""
+    cols = ["pass", "shape", "dtype", "layout", "tritonbn_launches", "torch_launches", "tritonbn_us", "torch_us"]
+    cols += ["ratio", "tritonbn_kernels", "torch_kernels"]
+    d = host[host["source"] == source]
+    if d.empty:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for (pas, shape, dtype, layout), g in d.groupby(["pass", "shape", "dtype", "layout"], sort=False):
+        ours, theirs = g[g["impl"] == "tritonbn"], g[g["impl"] == "torch"]
+        first = lambda f, c: f[c].iloc[0] if len(f) else float("nan")  # noqa: E731
+        rows.append(
+            {
+                "pass": pas,
+                "shape": shape,
+                "dtype": dtype,
+                "layout": layout,
+                "tritonbn_launches": first(ours, "launches"),
+                "torch_launches": first(theirs, "launches"),
+                "tritonbn_us": first(ours, "host_us"),
+                "torch_us": first(theirs, "host_us"),
+                "ratio": first(ours, "host_ratio"),
+                "tritonbn_kernels": first(ours, "kernels") if len(ours) else "",
+                "torch_kernels": first(theirs, "kernels") if len(theirs) else "",
+            }
+        )
+    out = pd.DataFrame(rows, columns=cols)
+    order = {p: i for i, p in enumerate(HOST_PASS_ORDER)}
+    return out.sort_values("pass", key=lambda s: s.map(lambda p: order.get(p, len(order))), kind="stable")

@@ -261,6 +261,26 @@ def speedup_heatmap(sp: pd.DataFrame, provider: str = "tritonbn", baseline: str 
     return _style(fig, title, height=200 + 30 * len(rows))
 
 
+#: The bottom of an error panel: this far below its smallest tolerance (relative errors) ...
+ERROR_FLOOR_BELOW_TOL = 1e4
+#: ... or this far below its largest error (absolute errors), unless every error is above it.
+ERROR_SPAN = 1e8
+
+
+def error_floor(errors: pd.Series, tol: pd.Series | None = None) -> float:
+    """Where a log-scale error panel ends: one decade below the smallest positive error, but no lower than
+    ``min(tol) / ERROR_FLOOR_BELOW_TOL`` (or ``max(errors) / ERROR_SPAN`` without a tolerance). Errors of
+    exactly 0 -- and tiny ones, e.g. 1e-20 next to errors of 1e-8 -- would otherwise stretch the axis over
+    decades that say nothing and squeeze the errors that matter into its top."""
+    pos = errors[errors > 0]
+    if pos.empty:
+        return 1e-16
+    lowest = float(pos.min()) / 10
+    t = tol[tol > 0] if tol is not None else pd.Series(dtype=float)
+    bottom = float(t.min()) / ERROR_FLOOR_BELOW_TOL if len(t) else float(pos.max()) / ERROR_SPAN
+    return max(lowest, bottom)
+
+
 def error_by_quantity(df: pd.DataFrame, metric: str = "max_rel_err", show_tol: bool = True) -> go.Figure:
     """Error vs the float64 reference per quantity, tritonbn next to torch, one panel per dtype (two a row).
 
@@ -271,16 +291,22 @@ def error_by_quantity(df: pd.DataFrame, metric: str = "max_rel_err", show_tol: b
     label = {"max_abs_err": "max |error|", "max_rel_err": "max relative error"}.get(metric, metric)
     title = f"{label} vs the float64 reference, per quantity (log scale; ✕: failed"
     title += ", grey dash: tolerance)" if show_tol else ")"
-    sub = "an error of exactly 0 is drawn at the bottom of the axis"
     if show_tol:
-        sub += "; the dash is the base tolerance, ill-conditioned cases get a raised one (see the hover)"
+        sub = (
+            f"errors below {1 / ERROR_FLOOR_BELOW_TOL:g}× the tolerance, exact 0 included, sit on the bottom line of "
+            "their panel (the hover has the value); the dash is the base tolerance, ill-conditioned cases get a "
+            "raised one"
+        )
+    else:
+        sub = f"errors below {1 / ERROR_SPAN:g}× the panel's largest, exact 0 included, sit on its bottom line"
     title += f"<br><sup>{sub}</sup>"
     d = df[df[metric].notna()].copy() if not df.empty else df
     if d.empty:
         return empty_figure("no correctness result with an error value for this selection", title)
-    vals = d[metric][d[metric] > 0]
-    floor = float(vals.min()) / 10 if len(vals) else 1e-16
-    d["plotted"] = d[metric].where(d[metric] > 0, floor)
+    d["plotted"] = d[metric]
+    for _, g in d.groupby("dtype", sort=False):
+        floor = error_floor(g[metric], g["tol"] if show_tol and "tol" in g else None)
+        d.loc[g.index, "plotted"] = g[metric].clip(lower=floor)
     if "result" not in d:
         d["result"] = d["passed"].map({True: "passed", False: "FAILED"}).fillna("skipped")
     for col in ("case", "layout", "mode", "note", "git_sha", "source", "backend"):
@@ -380,7 +406,8 @@ def error_by_quantity(df: pd.DataFrame, metric: str = "max_rel_err", show_tol: b
         fig.update_yaxes(type="log", exponentformat="power", row=row, col=col)
         if col == 1:
             fig.update_yaxes(title=f"{label} (log)", row=row, col=col)
-    return _style(fig, title, height=170 + 330 * nrows, legend="top")
+    # The legend goes on the right: on top it would cover the subtitle.
+    return _style(fig, title, height=190 + 330 * nrows, legend="right")
 
 
 def run_comparison(cmp: pd.DataFrame, label_a: str, label_b: str) -> go.Figure:
@@ -410,3 +437,131 @@ def run_comparison(cmp: pd.DataFrame, label_a: str, label_b: str) -> go.Figure:
     fig.update_yaxes(**_speedup_axis(d["ratio"]))
     fig.update_xaxes(tickangle=-30)
     return _style(fig, title + f"<br><sup>A: {label_a}<br>B: {label_b}</sup>", height=460)
+
+
+DTYPE_COLORS = {"float16": "#ff7f0e", "bfloat16": "#9467bd", "float32": "#1f77b4", "float64": "#2ca02c"}
+
+
+def kernel_label(name: str) -> str:
+    """``bn_forward_stats_kernel`` → ``forward_stats``."""
+    name = name.removesuffix("_kernel")
+    return name.removeprefix("bn_")
+
+
+def aot_scatter(rows: pd.DataFrame, value: str, budget: float, title: str, y_label: str, note: str = "") -> go.Figure:
+    """One point per compiled specialisation of a hot kernel: ``value`` by kernel, coloured by dtype, one panel
+    per path (tile loop, one tile), the budget as a dashed line."""
+    title = title + (f"<br><sup>{note}</sup>" if note else "")
+    if rows.empty:
+        return empty_figure("no specialisation in this selection", title)
+    d = rows.copy()
+    d["kernel_short"] = d["kernel"].map(kernel_label)
+    d["path_label"] = d["path"].map({"loop": "tile loop (large tensors)", "one-tile": "one tile per program"})
+    hover = {
+        c: True
+        for c in ("case", "pass", "tile", "num_warps", "registers", "instructions_per_element", "elements_per_thread")
+    }
+    hover.update({"flags": True, "over": True, "kernel_short": False, "path_label": False, "dtype": True})
+    dtypes = [t for t in DTYPE_COLORS if t in set(d["dtype"])] + sorted(set(d["dtype"]) - set(DTYPE_COLORS))
+    fig = px.strip(
+        d,
+        x="kernel_short",
+        y=value,
+        color="dtype",
+        facet_col="path_label",
+        hover_data=hover,
+        color_discrete_map=DTYPE_COLORS,
+        category_orders={
+            "dtype": dtypes,
+            "path_label": ["tile loop (large tensors)", "one tile per program"],
+            "kernel_short": sorted(d["kernel_short"].unique()),
+        },
+        labels={
+            value: y_label,
+            "kernel_short": "kernel",
+            "instructions_per_element": "instructions / element",
+            "elements_per_thread": "elements / thread",
+            "num_warps": "warps",
+            "over": "over budget",
+        },
+    )
+    fig.update_traces(marker={"size": 6, "opacity": 0.7}, jitter=0.6)
+    fig.add_hline(
+        y=budget,
+        line_dash="dash",
+        line_color="#d62728",
+        annotation_text=f"budget {budget:g}",
+        annotation_position="top left",
+    )
+    fig.update_yaxes(rangemode="tozero", title=None)
+    fig.update_yaxes(title=y_label, col=1)
+    fig.update_xaxes(title=None, tickangle=-20)
+    _strip_facet_titles(fig)
+    return _style(fig, title, height=460, legend="right")
+
+
+def host_bars(table: pd.DataFrame, budget: float, title: str) -> go.Figure:
+    """Host µs per call, tritonbn next to torch, for every pass; the bars are labelled with their launches."""
+    if table.empty:
+        return empty_figure("no host measurement in this record", title)
+    fig = go.Figure()
+    passes = [p.replace("_", " ") for p in table["pass"]]
+    for impl, color in (("tritonbn", PROVIDER_COLORS["tritonbn"]), ("torch", PROVIDER_COLORS["torch"])):
+        launches = table[f"{impl}_launches"]
+        fig.add_bar(
+            x=passes,
+            y=table[f"{impl}_us"],
+            name=impl if impl == "tritonbn" else "torch (its CPU batch norm, computing)",
+            marker_color=color,
+            text=[f"{v:.0f} launch{'es' if v != 1 else ''}" if pd.notna(v) else "" for v in launches],
+            textposition="outside",
+            customdata=table[[f"{impl}_kernels", "ratio"]].astype(object).values,
+            hovertemplate="%{x}<br>%{y:.1f} µs per call<br>%{text}: %{customdata[0]}<extra>" + impl + "</extra>",
+        )
+    fig.update_yaxes(title="host µs per call", rangemode="tozero")
+    fig.update_layout(barmode="group", bargap=0.25)
+    fig.update_xaxes(title=None)
+    sub = f"tritonbn's kernels stubbed (host side only); target: at most {budget:g}× torch's train forward+backward"
+    return _style(fig, f"{title}<br><sup>{sub}</sup>", height=430)
+
+
+def gpu_and_wall(df: pd.DataFrame, title: str) -> go.Figure:
+    """Per shape and provider, the GPU time per call (CUDA events / graph replays: ``ms_median``) next to the
+    eager wall time per call (``wall_ms``: host, autograd and launches included), one panel per dtype."""
+    d = df[df["wall_ms"].notna() & df["ms_median"].notna()] if not df.empty else df
+    if d.empty:
+        return empty_figure("no measurement with both a GPU time and a wall time in this selection", title)
+    long = pd.concat(
+        [
+            d.assign(time="GPU time", ms=d["ms_median"]),
+            d.assign(time="eager wall time", ms=d["wall_ms"]),
+        ],
+        ignore_index=True,
+    ).sort_values(["numel", "shape"])
+    if long["layout"].nunique() > 1:  # one group of bars per shape and layout
+        short = {"contiguous": "contig.", "channels_last": "ch-last", "channels_last_3d": "ch-last-3d"}
+        long["shape"] = long["shape"] + " " + long["layout"].map(short).fillna(long["layout"])
+    fig = px.bar(
+        long,
+        x="shape",
+        y="ms",
+        color="provider",
+        pattern_shape="time",
+        barmode="group",
+        facet_col="dtype",
+        log_y=True,
+        hover_data={"layout": True, "ms": ":.4g", "time": True, "shape": False},
+        color_discrete_map=PROVIDER_COLORS,
+        category_orders={
+            "provider": [p for p in PROVIDER_ORDER if p in set(long["provider"])],
+            "time": ["GPU time", "eager wall time"],
+            "shape": list(dict.fromkeys(long["shape"])),
+            "dtype": sorted(long["dtype"].unique()),
+        },
+        labels={"ms": "ms per call (log)", "shape": "shape N×C×spatial"},
+    )
+    fig.update_xaxes(tickangle=-30, title=None)
+    fig.update_yaxes(title=None, dtick=1, exponentformat="power")  # a tick per decade
+    fig.update_yaxes(title="ms per call (log)", col=1)
+    _strip_facet_titles(fig)
+    return _style(fig, title, height=480, legend="right")

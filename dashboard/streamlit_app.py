@@ -22,6 +22,8 @@ st.set_page_config(page_title="tritonbn dashboard", page_icon=":material/speed:"
 pages = [
     st.Page("app_pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
     st.Page("app_pages/throughput.py", title="Throughput", icon=":material/speed:"),
+    st.Page("app_pages/host.py", title="Launches & host", icon=":material/timer:"),
+    st.Page("app_pages/kernels.py", title="Kernels", icon=":material/memory:"),
     st.Page("app_pages/correctness.py", title="Correctness", icon=":material/rule:"),
     st.Page("app_pages/gradients.py", title="Gradients", icon=":material/functions:"),
     st.Page("app_pages/runs.py", title="Runs", icon=":material/history:"),

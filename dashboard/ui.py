@@ -117,10 +117,11 @@ def speedup_text(x: float) -> str:
 
 
 def run_label(source: str, frame: pd.DataFrame) -> str:
-    """``file (gpu, sha, date)`` for run pickers."""
+    """``start time · file (gpu, sha)`` for run pickers, so that runs read in the order they were made."""
     g = frame[frame["source"] == source]
     if g.empty:
         return source
     first = g.iloc[0]
     who = first.get("gpu") or first.get("device") or ""
-    return f"{source} ({', '.join(str(v) for v in (who, first.get('git_sha'), str(first.get('timestamp'))[:10]) if v)})"
+    extra = ", ".join(str(v) for v in (who, first.get("git_sha")) if v and str(v) != "nan")
+    return f"{data.run_started(frame, source)} · {source}" + (f" ({extra})" if extra else "")

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
-from dashboard import plots, ui
+from dashboard import data, plots, ui
 
 st.title("Correctness")
 st.caption(
     "Each check compares a quantity (output, running statistics, gradients, second-order gradients) with a "
     "float64 reference computed from the formulas. `tritonbn` is ours; `torch` is PyTorch's own batch norm "
-    "(cuDNN or its native kernel on a GPU, its CPU kernel otherwise) measured against the same reference."
+    "(cuDNN or its native kernel on a GPU, its CPU kernel otherwise) measured against the same reference. "
+    "A note `in float32` marks a quantity kept in float32 for a float16/bfloat16 input (the running statistics, "
+    "dweight, dbias: parameters and buffers are float32 under mixed precision), so it is held to float32's "
+    "tolerance, not the input's."
 )
 root, res = ui.load()
 corr = res.correctness
@@ -18,14 +22,24 @@ if corr.empty:
     st.info(ui.NO_CORRECTNESS.format(root=ui.shown(root)))
     st.stop()
 
-c1, c2, c3, c4, c5 = st.columns([2, 2, 2, 2, 2])
+c1, c2 = st.columns([1, 2])
 devices = sorted(corr["device"].unique())
 device = c1.selectbox("device", devices, help="A GPU name, or cpu-interpreter for Triton's interpreter on the CPU")
-d = corr[corr["device"] == device]
-dtypes = c2.multiselect("dtype", sorted(d["dtype"].unique()), default=sorted(d["dtype"].unique()))
-layouts = c3.multiselect("layout", sorted(d["layout"].unique()), default=sorted(d["layout"].unique()))
-modes = c4.multiselect("mode", sorted(d["mode"].unique()), default=sorted(d["mode"].unique()))
-metric = c5.radio(
+runs = data.runs(corr[corr["device"] == device])
+run = c2.selectbox(
+    "run",
+    runs,
+    index=len(runs) - 1,
+    format_func=lambda r: ui.run_label(r, corr),
+    help="One result file is one run of tritonbn-check, listed oldest first; the latest is selected, as on the "
+    "Overview page. The Runs page compares two runs.",
+)
+d = corr[corr["source"] == run]
+c1, c2, c3, c4 = st.columns(4)
+dtypes = c1.multiselect("dtype", sorted(d["dtype"].unique()), default=sorted(d["dtype"].unique()))
+layouts = c2.multiselect("layout", sorted(d["layout"].unique()), default=sorted(d["layout"].unique()))
+modes = c3.multiselect("mode", sorted(d["mode"].unique()), default=sorted(d["mode"].unique()))
+metric = c4.radio(
     "error",
     ["max_rel_err", "max_abs_err"],
     format_func={"max_abs_err": "absolute", "max_rel_err": "relative"}.get,
@@ -79,14 +93,21 @@ st.plotly_chart(plots.error_by_quantity(view, metric=metric, show_tol=metric == 
 
 if not ran.empty:
     st.subheader("Worst relative error / tolerance per quantity")
-    st.caption("Above 1 means the check failed. tritonbn and torch side by side, per dtype.")
+    st.caption("tritonbn · torch, per dtype: the worst max_rel_err / tol of each. Above 1 means the check failed.")
     ratio = ran.assign(ratio=ran["max_rel_err"] / ran["tol"])
-    piv = ratio.pivot_table(index="quantity", columns=["dtype", "provider"], values="ratio", aggfunc="max")
-    piv = piv.reindex(index=[q for q in dict.fromkeys(ran["quantity"]) if q in piv.index])
-    piv.columns = [f"{dt} · {p}" for dt, p in piv.columns]
-    st.dataframe(
-        piv.style.format("{:.3g}", na_rep="–").highlight_between(left=1.0, right=float("inf"), color="#f8b4b4")
-    )
+    worst = ratio.pivot_table(index="quantity", columns=["dtype", "provider"], values="ratio", aggfunc="max")
+    worst = worst.reindex(index=[q for q in dict.fromkeys(ran["quantity"]) if q in worst.index])
+
+    def _worst(dt: str, provider: str) -> pd.Series:
+        return worst[(dt, provider)] if (dt, provider) in worst.columns else pd.Series(float("nan"), worst.index)
+
+    def _cell(dt: str, provider: str) -> pd.Series:
+        return _worst(dt, provider).map(lambda x: "–" if pd.isna(x) else f"{x:.3g}")
+
+    dtypes_ran = list(dict.fromkeys(worst.columns.get_level_values(0)))
+    table = pd.DataFrame({dt: _cell(dt, "tritonbn") + " · " + _cell(dt, "torch") for dt in dtypes_ran})
+    over = pd.DataFrame({dt: _worst(dt, "tritonbn") > 1 for dt in dtypes_ran})
+    st.dataframe(table.style.apply(lambda _: over.map(lambda b: "background-color: #f8b4b4" if b else ""), axis=None))
 
 with st.expander("All checks in this selection"):
-    st.dataframe(view.drop(columns=["gpu"]), hide_index=True)
+    st.dataframe(view.drop(columns=["gpu", *data.PROVENANCE_COLUMNS[3:]], errors="ignore"), hide_index=True)

@@ -277,25 +277,43 @@ def frozen_gamma(use_tritonbn: bool) -> dict:
     }
 
 
+def double_backward_code(mode: str, detach: bool) -> str:
+    """The code the double-backward table runs, for the selected mode and statistics."""
+    args = f"training={mode == 'train'}" + (", detach_stats=True" if detach and mode == "train" else "")
+    return (
+        f"y = tritonbn.batch_norm(x, running_mean, running_var, weight, bias, {args})\n"
+        "(g,) = torch.autograd.grad((y * r).sum(), x, create_graph=True)\n"
+        "penalty = g.pow(2).sum()\n"
+        "# materialize_grads: a gradient that does not depend on x is 0, not an error\n"
+        "ddx, dweight = torch.autograd.grad(penalty, (x, weight), materialize_grads=True)"
+    )
+
+
 @st.cache_data(show_spinner="Differentiating twice …", max_entries=16)
-def double_backward(n: int, c: int, spatial: tuple, seed: int, mode: str, dtype_name: str) -> dict:
-    """penalty = ‖∂L/∂x‖² with L = Σ r·y (create_graph=True), then ∂penalty/∂x and ∂penalty/∂γ."""
+def double_backward(
+    n: int, c: int, spatial: tuple, seed: int, mode: str, dtype_name: str, detach: bool = False
+) -> dict:
+    """penalty = ‖∂L/∂x‖² with L = Σ r·y (create_graph=True), then ∂penalty/∂x and ∂penalty/∂γ.
+
+    With constant statistics (eval mode, or detached ones) ∂L/∂x = r·γ/√(σ²+ε) does not depend on x, so
+    ∂penalty/∂x is exactly 0 (``materialize_grads=True`` returns it as zeros instead of raising).
+    """
     import torch
-    import torch.nn.functional as F
 
     tbn, _, _ = _load_tritonbn()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     training = mode == "train"
+    detach = detach and training
     x, r, gamma, beta, rm, rv, dtype = _inputs(n, c, spatial, seed, dtype_name)
 
     def second_order(fn, dt, dev):
         xt = x.to(dev, dt, copy=True).requires_grad_()
         w = gamma.to(dev, dt, copy=True).requires_grad_()
         b = beta.to(dev, dt, copy=True).requires_grad_()
-        y = fn(xt, rm.to(dev, dt).clone(), rv.to(dev, dt).clone(), w, b)
+        y = fn(xt, rm.to(dev, dt).clone(), rv.to(dev, dt).clone(), w, b, training, detach)
         (gx,) = torch.autograd.grad((y * r.to(dev, dt)).sum(), xt, create_graph=True)
         penalty = gx.pow(2).sum()
-        ddx, ddw = torch.autograd.grad(penalty, (xt, w))
+        ddx, ddw = torch.autograd.grad(penalty, (xt, w), materialize_grads=True)
         return float(penalty.detach()), ddx.double().cpu(), ddw.double().cpu()
 
     methods = {}
@@ -304,22 +322,26 @@ def double_backward(n: int, c: int, spatial: tuple, seed: int, mode: str, dtype_
         from tritonbn import reference
 
         methods["float64 reference (autograd through the formulas)"] = second_order(
-            lambda xt, a, b_, w, b: reference.batch_norm(xt, a, b_, w, b, training=training, eps=EPS),
+            lambda xt, a, b_, w, b, tr, det: reference.batch_norm(
+                xt, a, b_, w, b, training=tr, eps=EPS, detach_stats=det
+            ),
             torch.float64,
             "cpu",
         )
     except Exception as e:
         errors.append(f"reference: {type(e).__name__}: {e}")
     try:
-        methods[f"torch autograd ({dtype_name})"] = second_order(
-            lambda xt, a, b_, w, b: F.batch_norm(xt, a, b_, w, b, training, 0.1, EPS), dtype, device
-        )
+        methods[f"torch autograd ({dtype_name})"] = second_order(_torch_bn, dtype, device)
     except Exception as e:
         errors.append(f"torch: {type(e).__name__}: {e}")
     if tbn is not None:
         try:
             methods[f"tritonbn ({dtype_name})"] = second_order(
-                lambda xt, a, b_, w, b: tbn.batch_norm(xt, a, b_, w, b, training=training, eps=EPS), dtype, device
+                lambda xt, a, b_, w, b, tr, det: tbn.batch_norm(
+                    xt, a, b_, w, b, training=tr, eps=EPS, detach_stats=det
+                ),
+                dtype,
+                device,
             )
         except Exception as e:
             errors.append(f"tritonbn: {type(e).__name__}: {e}")
@@ -358,11 +380,13 @@ spatial_choice = c3.selectbox("spatial", ["5", "3x4", "none (1-d: N×C)", "2x3x2
 seed = c4.number_input("seed", min_value=0, max_value=10_000, value=0, step=1)
 c1, c2, c3 = st.columns(3)
 mode = c1.radio("mode", ["train", "eval"], horizontal=True)
+if mode == "eval" or "detach" not in st.session_state:
+    st.session_state["detach"] = False  # eval mode has constant statistics: nothing to detach
 detach = c2.checkbox(
     "detach statistics (detach_stats=True)",
-    value=False,
+    key="detach",
     disabled=mode == "eval",
-    help="Train mode only: treat the batch mean and variance as constants.",
+    help="Train mode only: treat the batch mean and variance as constants (in eval mode they are constants).",
 )
 dtype_name = c3.radio("dtype", ["float64", "float32"], horizontal=True)
 spatial = () if spatial_choice.startswith("none") else tuple(int(s) for s in spatial_choice.split("x"))
@@ -440,17 +464,20 @@ st.markdown(
     "Gradient penalties (WGAN-GP) and physics-informed nets differentiate a loss of the *input gradient*: "
     "compute $g = \\partial L/\\partial x$ with `create_graph=True`, then backpropagate through $g$. "
     "Here $L = \\sum_i r_i y_i$ for a random $r$, the penalty is $\\lVert g\\rVert^2$, and its gradients "
-    "w.r.t. $x$ and γ are compared with the float64 reference, using the inputs of the live example."
+    "w.r.t. $x$ and γ are compared with the float64 reference, using the inputs and the mode of the live "
+    "example."
 )
-st.code(
-    "y = tritonbn.batch_norm(x, running_mean, running_var, weight, bias, training=True)\n"
-    "(g,) = torch.autograd.grad((y * r).sum(), x, create_graph=True)\n"
-    "penalty = g.pow(2).sum()\n"
-    "ddx, dweight = torch.autograd.grad(penalty, (x, weight))",
-    language="python",
-)
+if mode == "eval" or detach:
+    st.markdown(
+        "With constant statistics (" + ("eval mode" if mode == "eval" else "`detach_stats=True`") + ") "
+        "$g_i = r_i\\,\\gamma/\\sqrt{\\sigma^2+\\epsilon}$ does not depend on $x$: $\\partial\\,"
+        "\\text{penalty}/\\partial x$ is exactly 0 (autograd raises *appears to not have been used in the graph* "
+        "unless asked to `materialize_grads`), while $\\partial\\,\\text{penalty}/\\partial\\gamma = "
+        "2\\gamma\\sum_i r_i^2/(\\sigma^2+\\epsilon)$ is not."
+    )
+st.code(double_backward_code(mode, bool(detach)), language="python")
 try:
-    db = double_backward(int(n), int(c), spatial, int(seed), mode, dtype_name)
+    db = double_backward(int(n), int(c), spatial, int(seed), mode, dtype_name, bool(detach))
     if db["rows"]:
         st.dataframe(
             pd.DataFrame(db["rows"]),

@@ -76,6 +76,45 @@ else:
             + ", ".join(f"{p} {n}" for p, n in by.items())
         )
 
+st.header("Without a GPU")
+st.caption(
+    "What the CPU measures of speed: launches and host time per call (`tritonbn-bench --host`) and every kernel "
+    "specialisation compiled ahead of time (`tritonbn-aot`). See the Launches & host and Kernels pages."
+)
+cols = st.columns(4)
+if res.host.empty:
+    cols[0].metric("launches · train step", "–", help="no tritonbn-bench --host record yet")
+else:
+    table = data.host_table(res.host, data.runs(res.host)[-1])
+    ours = table.set_index("pass")
+    fwd_bwd = ours["tritonbn_launches"].get("train_forward_backward")
+    cols[0].metric(
+        "launches · train step",
+        "–" if fwd_bwd is None or pd.isna(fwd_bwd) else f"{fwd_bwd:.0f}",
+        help="one training forward + backward of tritonbn: Triton kernels and any other GPU kernel it would start",
+    )
+    ratio = ours["ratio"].get("train_forward_backward")
+    cols[1].metric(
+        "host time · train step",
+        "–" if ratio is None or pd.isna(ratio) else f"{ratio:.2f}× torch",
+        help="tritonbn's host time per training forward + backward over torch's, kernels stubbed",
+    )
+if res.aot.empty:
+    cols[2].metric("kernel specialisations", "–", help="no tritonbn-aot report yet")
+else:
+    hist = data.aot_history(res.aot)
+    newest = hist[hist["source"] == hist["source"].iloc[-1]]
+    cols[2].metric(
+        "kernel specialisations compiled",
+        f"{int(newest['rows'].sum() - newest['errors'].sum())} of {int(newest['rows'].sum())}",
+        help="every arch of the newest tritonbn-aot report",
+    )
+    cols[3].metric(
+        "hot kernels within budget",
+        f"{int((newest['hot'] - newest['over_budget']).sum())} of {int(newest['hot'].sum())}",
+        help="registers, spills, 64-bit divisions and SASS instructions per element; see the Kernels page",
+    )
+
 st.header("Correctness")
 corr = res.correctness
 if corr.empty:
@@ -115,6 +154,6 @@ st.header("Provenance")
 frames = [f for f in (bench, corr) if not f.empty]
 if frames:
     prov = data.provenance(pd.concat([f[["source", *data.PROVENANCE_COLUMNS]] for f in frames], ignore_index=True))
-    st.dataframe(prov, hide_index=True, column_config={"source": "result file", "git_sha": "commit"})
+    st.dataframe(data.provenance_compact(prov), hide_index=True, column_config={"source": "result file"})
 else:
     st.info("No run recorded yet.")

@@ -22,13 +22,16 @@ frames = [
 ]
 prov = data.provenance(pd.concat(frames, ignore_index=True)) if frames else data.provenance(pd.DataFrame())
 files = res.files_frame.drop(columns=["mtime"]).merge(
-    prov.drop(columns=["rows"]), left_on="file", right_on="source", how="left"
+    data.provenance_compact(prov).drop(columns=["rows"]), left_on="file", right_on="source", how="left"
 )
-files = files.drop(columns=["source"])
+files = files.drop(columns=["source"]).sort_values(["started", "file"], na_position="first", kind="stable")
 st.dataframe(
-    files,
+    files[["started", "file", "kind", "rows", "problems", "commit", "device", "versions"]],
     hide_index=True,
-    column_config={"problems": st.column_config.NumberColumn("problems", help="see the list below")},
+    column_config={
+        "problems": st.column_config.NumberColumn("problems", help="see the list below"),
+        "started": st.column_config.TextColumn("started", help="as the run recorded it; oldest first"),
+    },
 )
 bad = [f for f in res.files if f.problems]
 if bad:
@@ -43,14 +46,14 @@ if not kinds:
     st.stop()
 kind = st.radio("Kind", kinds, horizontal=True)
 frame = res.benchmarks if kind == "benchmark" else res.correctness
-sources = sorted(frame["source"].unique())
+sources = data.runs(frame)  # oldest first
 if len(sources) < 2:
     st.info(f"Only one {kind} run so far: a comparison needs two.")
     st.stop()
 c1, c2 = st.columns(2)
 label = lambda s: ui.run_label(s, frame)  # noqa: E731
-run_a = c1.selectbox("Run A (before)", sources, index=len(sources) - 2, format_func=label)
-run_b = c2.selectbox("Run B (after)", sources, index=len(sources) - 1, format_func=label)
+run_a = c1.selectbox("Run A (before)", sources, index=len(sources) - 2, format_func=label, help="oldest first")
+run_b = c2.selectbox("Run B (after)", sources, index=len(sources) - 1, format_func=label, help="oldest first")
 if run_a == run_b:
     st.info("Pick two different runs.")
     st.stop()

@@ -22,7 +22,7 @@ if timed.empty:
 
 c1, c2 = st.columns([1, 2])
 gpu = c1.selectbox("GPU", sorted(timed["gpu"].unique()))
-runs = sorted(timed.loc[timed["gpu"] == gpu, "source"].unique())
+runs = data.runs(timed[timed["gpu"] == gpu])[::-1]  # newest first
 run = c2.selectbox(
     "Run",
     [LATEST, *runs],
@@ -48,7 +48,30 @@ cur = view[(view["mode"] == mode) & (view["pass"] == pas)]
 shown = cur[cur["provider"].isin(providers)]
 setting = f"{mode} {plots.PASS_LABEL.get(pas, pas)}"
 
-st.plotly_chart(plots.bandwidth_vs_numel(shown, title=f"Achieved bandwidth vs problem size · {gpu} · {setting}"))
+TRAFFIC = {
+    "minimum": "the minimum traffic (any implementation)",
+    "own": "each implementation's own passes",
+}
+traffic = st.radio(
+    "bandwidth at",
+    list(TRAFFIC),
+    format_func=TRAFFIC.get,
+    horizontal=True,
+    help="Minimum: x read and y written once (fwd 2, bwd 3, fwd+bwd 5 × numel × element size), the same for every "
+    "provider: the one scale to compare them on. Own passes: what the implementation's kernels really read and "
+    "write (tritonbn: 2 or 3 passes forward, 3 or 5 backward, by its launch plan; PyTorch's native kernels: 3 and "
+    "5): how close those kernels run to the copy bandwidth. cuDNN and inductor are not modelled.",
+)
+if traffic == "own":
+    own = shown[shown["own_gbps"].notna()].assign(
+        gbps=lambda f: f["own_gbps"], pct_of_peak=lambda f: f["own_pct_of_peak"]
+    )
+    if own.empty and not shown.empty:
+        st.info("No measurement in this selection has a modelled own traffic (`own_bytes`: tritonbn and native only).")
+    bw_title = f"Bandwidth at the implementation's own passes vs problem size · {gpu} · {setting}"
+    st.plotly_chart(plots.bandwidth_vs_numel(own, title=bw_title))
+else:
+    st.plotly_chart(plots.bandwidth_vs_numel(shown, title=f"Achieved bandwidth vs problem size · {gpu} · {setting}"))
 
 sp = data.speedups(cur)
 sp_shown = sp[sp["provider"].isin(providers)] if not sp.empty else sp
@@ -58,6 +81,15 @@ else:
     st.plotly_chart(
         plots.speedup_by_shape(sp_shown, title=f"Speed-up vs cuDNN by shape · {setting} (above 1×: faster)")
     )
+
+st.subheader("GPU time and eager wall time")
+st.caption(
+    "GPU time is the kernels' time per call (CUDA events, or CUDA-graph replays for small passes); eager wall "
+    "time (`wall_ms`) is a synchronised loop of back-to-back calls divided by their number, so Python, autograd "
+    "and launch overheads count, as in a training step. Where the wall time is far above the GPU time the call "
+    "is bound by its host side (see the Launches & host page)."
+)
+st.plotly_chart(plots.gpu_and_wall(shown, title=f"GPU time and eager wall time per call · {gpu} · {setting}"))
 
 st.subheader("Speed-up heat map")
 all_sp = data.speedups(view)
@@ -79,7 +111,7 @@ if not failed.empty:
 
 with st.expander("Data for this selection"):
     cols = ["provider", "backend", "shape", "dtype", "layout", "mode", "pass", "ms_median", "ms_p20", "ms_p80"]
-    cols += ["gbps", "pct_of_peak", "git_sha", "timestamp", "source"]
+    cols += ["wall_ms", "gbps", "pct_of_peak", "own_pct_of_peak", "git_sha", "timestamp", "source"]
     st.dataframe(
         shown[cols].sort_values(["provider", "shape"]),
         hide_index=True,
@@ -87,7 +119,9 @@ with st.expander("Data for this selection"):
             "ms_median": st.column_config.NumberColumn("median (ms)", format="%.4f"),
             "ms_p20": st.column_config.NumberColumn("p20 (ms)", format="%.4f"),
             "ms_p80": st.column_config.NumberColumn("p80 (ms)", format="%.4f"),
+            "wall_ms": st.column_config.NumberColumn("wall (ms)", format="%.4f"),
             "gbps": st.column_config.NumberColumn("GB/s", format="%.0f"),
             "pct_of_peak": st.column_config.NumberColumn("% of peak", format="%.0f%%"),
+            "own_pct_of_peak": st.column_config.NumberColumn("% of peak, own passes", format="%.0f%%"),
         },
     )

@@ -19,15 +19,10 @@ if str(REPO) not in sys.path:  # the `dashboard` package lives at the repository
     sys.path.insert(0, str(REPO))
 
 from dashboard import data  # noqa: E402
+from dashboard.screenshot import PAGES as _SCREENSHOT_PAGES  # noqa: E402
 
-PAGES = ["overview", "throughput", "correctness", "gradients", "runs"]
-TITLES = {
-    "overview": "tritonbn overview",
-    "throughput": "Throughput",
-    "correctness": "Correctness",
-    "gradients": "Batch-norm gradients, explained",
-    "runs": "Runs",
-}
+PAGES = list(_SCREENSHOT_PAGES)
+TITLES = {page: title for page, (_, title) in _SCREENSHOT_PAGES.items()}
 GPU = "NVIDIA H100 80GB HBM3"
 PROV = {
     "timestamp": "2025-01-02T03:04:05Z",
@@ -90,13 +85,19 @@ def benchmark_rows(prov: dict | None = None, scale: float = 1.0, fail_inductor: 
                         else:
                             ms = nbytes / (g * 1e6)
                             row.update(ms_median=ms, ms_p20=ms * 0.98, ms_p80=ms * 1.03, gbps=g)
-                            row.update(pct_of_peak=100 * g / 3000.0)
+                            row.update(pct_of_peak=100 * g / 3000.0, wall_ms=ms * 1.2 + 0.015)
+                        if provider in ("tritonbn", "native"):
+                            row["own_bytes"] = nbytes // PASS_BYTES[pas] * {"fwd": 3, "bwd": 5, "fwd_bwd": 8}[pas]
                         rows.append(row)
     return rows
 
 
 QUANTITIES = ["y", "running_mean", "running_var", "dx", "dweight", "dbias", "ddx"]
-FAILING = ("tritonbn", "float32", "ddx", "channels_last", "train")
+#: the checks that fail, in order: ``failures=k`` fails the first k
+FAILING = [
+    ("tritonbn", "float32", "ddx", "channels_last", "train"),
+    ("tritonbn", "float64", "dweight", "contiguous", "eval"),
+]
 TOL = {"float16": 1e-2, "bfloat16": 5e-2, "float32": 1e-5, "float64": 1e-12}
 
 
@@ -117,7 +118,7 @@ def correctness_rows(
                         if q == "running_var" and mode == "eval":
                             err = 0.0
                         passed = True
-                        if failures and (provider, dtype, q, layout, mode) == FAILING:
+                        if (provider, dtype, q, layout, mode) in FAILING[:failures]:
                             err, passed = tol * 3, False
                         rows.append(
                             {
@@ -157,14 +158,106 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+#: the later of the two interpreter correctness runs of ``write_good``: its file name sorts first
+LATER_CHECK = "correctness/cpu-interpreter_0ff1ce5.csv"
+LATER_CHECK_PROV = {"timestamp": "2025-01-09T10:00:00Z", "git_sha": "0ff1ce5"}
+
+
 def write_good(root: Path) -> Path:
-    """Two benchmark runs on one GPU and a correctness run from the interpreter and from the GPU."""
+    """Two benchmark runs on one GPU, two correctness runs from the interpreter (the later one named so that
+    it sorts first) and one from the GPU, a kernel report and a host record."""
     write_csv(root / "nvidia-h100" / "2025-01-02_abc1234.csv", benchmark_rows())
     later = {"timestamp": "2025-01-09T03:04:05Z", "git_sha": "def5678"}
     write_csv(root / "nvidia-h100" / "2025-01-09_def5678.csv", benchmark_rows(later, scale=1.1, fail_inductor=False))
     write_csv(root / "correctness" / "cpu-interpreter_abc1234.csv", correctness_rows())
+    write_csv(root / LATER_CHECK, correctness_rows(prov=LATER_CHECK_PROV, failures=2))
     write_csv(root / "correctness" / "nvidia-h100_abc1234.csv", correctness_rows(GPU, failures=0))
+    write_csv(root / "aot" / "3.9.0_abc1234_aot.csv", aot_rows())
+    write_csv(root / "cpu" / "2025-01-02_abc1234_host.csv", host_rows())
     return root
+
+
+AOT_KERNELS = ["bn_forward_stats_kernel", "bn_forward_apply_kernel", "bn_backward_reduce_kernel"]
+
+
+def aot_rows() -> list[dict]:
+    """A tritonbn-aot report: every kernel x dtype x arch, a loop and a one-tile specialisation; one of them
+    over the instruction budget, one with too few elements per thread for the budget to apply."""
+    rows = []
+    prov = {**PROV, "gpu": ""}
+    for arch in ("sm_90", "sm_80"):
+        for kernel in AOT_KERNELS:
+            for dtype in ("float16", "float32"):
+                for loop in (True, False):
+                    ept = 16.0 if loop else 4.0 if kernel == "bn_forward_apply_kernel" else 8.0
+                    body = 96 if loop else 60
+                    if kernel == "bn_backward_reduce_kernel" and not loop and dtype == "float16":
+                        body = 240  # 30 per element: over the budget
+                    rows.append(
+                        {
+                            **prov,
+                            "compute_capability": arch[3] + "." + arch[4],
+                            "kernel": kernel,
+                            "hot": True,
+                            "case": f"8x64x14x14 {dtype} contiguous",
+                            "pass": "train_forward",
+                            "dtype": dtype,
+                            "layout": "contiguous",
+                            "shape": "8x64x14x14",
+                            "block_n": 1 if loop else 8,
+                            "block_s": 256,
+                            "block_c": 1,
+                            "num_warps": 4,
+                            "flags": "HAS_W VEC=4",
+                            "arch": arch,
+                            "status": "ok",
+                            "registers": 64 if loop else 96,
+                            "spill_bytes": 0,
+                            "shared_bytes": 0,
+                            "sass_instructions": body + 200,
+                            "loop_instructions": body if loop else 0,
+                            "program_instructions": body + 100 if loop else body,
+                            "elements_per_thread": ept,
+                            "instructions_per_element": round(body / ept, 2),
+                            "div64_per_thread": 0,
+                            "uses": 1,
+                            "error": "",
+                        }
+                    )
+    return rows
+
+
+def host_rows() -> list[dict]:
+    """A tritonbn-bench --host record: per pass tritonbn (kernels stubbed) and torch."""
+    rows = []
+    prov = {**PROV, "gpu": "cpu", "compute_capability": "", "cuda": "none", "cudnn": "none"}
+    passes = {
+        "train_forward": (1, 30.0, 1, 12.0),
+        "train_backward": (1, 60.0, 1, 50.0),
+        "train_forward_backward": (2, 100.0, 2, 80.0),
+        "eval_forward": (1, 15.0, 1, 9.0),
+    }
+    for pas, (ours, ours_us, theirs, theirs_us) in passes.items():
+        for impl, n, us in (("tritonbn", ours, ours_us), ("torch", theirs, theirs_us)):
+            kernel = "bn_forward_stats_kernel" if impl == "tritonbn" else "native_batch_norm"
+            rows.append(
+                {
+                    **prov,
+                    "impl": impl,
+                    "pass": pas,
+                    "shape": "4x16x4x4",
+                    "dtype": "float32",
+                    "layout": "contiguous",
+                    "triton_launches": n if impl == "tritonbn" else 0,
+                    "aten_launches": 0 if impl == "tritonbn" else n,
+                    "launches": n,
+                    "kernels": f"{kernel}x{n}",
+                    "host_us": us,
+                    "host_ratio": us / theirs_us,
+                    "cpu": "x86_64",
+                }
+            )
+    return rows
 
 
 def write_harness_like(root: Path) -> Path:

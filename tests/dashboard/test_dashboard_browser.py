@@ -1,121 +1,63 @@
 """The dashboard in a real browser: headless Chromium (Debian's) driven by Playwright.
 
-Starts ``streamlit run`` on a fixture results folder, opens every page, waits for the script run to finish,
-checks the heading, that no exception box is shown and (for chart pages) that a Plotly chart rendered,
-and saves a full-page screenshot to ``test-artifacts/screenshots/``.
+Starts ``streamlit run`` on a fixture results folder and on the committed ``bench_results/``, opens every
+page (:data:`dashboard.screenshot.PAGES`), waits for the script run to finish and every Plotly chart to draw,
+checks that no exception box is shown, and saves a full-page screenshot to ``test-artifacts/screenshots/``
+(the same code as ``python -m dashboard.screenshot``, which makes the README figure).
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
-
 import pytest
-from dashboard_fixtures import REPO, TITLES
+from dashboard_fixtures import PAGES, REPO
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from dashboard import screenshot
+
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
-# page -> (url path, has a Plotly chart on the good fixture folder)
-PAGES = {
-    "overview": ("", True),
-    "throughput": ("throughput", True),
-    "correctness": ("correctness", True),
-    "gradients": ("gradients", False),
-    "runs": ("runs", True),
-}
+#: pages that draw at least one chart on the fixture folder (Gradients has tables, Runs a chart of two runs)
+CHARTS = {"overview": 1, "throughput": 4, "host": 1, "kernels": 2, "correctness": 1, "gradients": 0, "runs": 1}
 
 pytestmark = pytest.mark.browser
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not found (install Debian's chromium: apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
+    pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    try:
+        with screenshot.chromium() as b:
+            yield b
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
 
 
 @pytest.fixture(scope="module")
 def server(browser, folders):
-    port = _free_port()
-    env = {**os.environ, "TRITONBN_RESULTS": str(folders["good"])}
-    cmd = [sys.executable, "-m", "streamlit", "run", "dashboard/streamlit_app.py", "--server.headless", "true"]
-    cmd += ["--server.port", str(port), "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
-    log = (REPO / "test-artifacts").joinpath("streamlit-browser-test.log")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"streamlit did not start:\n{log.read_text()[-3000:]}")
-                time.sleep(0.3)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with screenshot.serve(folders["good"], REPO / "test-artifacts" / "streamlit-browser-test.log") as url:
+        yield url
 
 
-@pytest.mark.parametrize("page", list(PAGES))
+@pytest.fixture(scope="module")
+def committed_server(browser):
+    with screenshot.serve(REPO / "bench_results", REPO / "test-artifacts" / "streamlit-committed.log") as url:
+        yield url
+
+
+@pytest.mark.parametrize("page", PAGES)
 def test_page_in_browser(browser, server, page):
-    path, has_chart = PAGES[page]
     timeout_ms = 120_000 if page == "gradients" else 45_000
-    ctx = browser.new_context(viewport={"width": 1400, "height": 900}, device_scale_factor=1)
-    tab = ctx.new_page()
-    try:
-        tab.goto(f"{server}/{path}", wait_until="domcontentloaded", timeout=timeout_ms)
-        tab.get_by_role("heading", name=TITLES[page], level=1).wait_for(timeout=timeout_ms)
-        tab.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout_ms)
-        if has_chart:
-            tab.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg', timeout=timeout_ms)
-        tab.wait_for_timeout(500)
-        # Streamlit scrolls inside its main container, not the document: grow the viewport to the content so
-        # the screenshot shows the whole page.
-        height = tab.evaluate(
-            "() => Math.max(...[...document.querySelectorAll('[data-testid=\"stMain\"], section')]"
-            ".map(e => e.scrollHeight), 900)"
-        )
-        tab.set_viewport_size({"width": 1400, "height": min(int(height) + 40, 8000)})
-        tab.wait_for_timeout(800)  # let charts finish their layout before the screenshot
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        tab.screenshot(path=str(SCREENSHOTS / f"{page}.png"), full_page=True)
-        exceptions = tab.locator('[data-testid="stException"]')
-        assert exceptions.count() == 0, exceptions.first.inner_text()
-        if has_chart:
-            assert tab.locator('[data-testid="stPlotlyChart"]').count() >= 1
-    finally:
-        ctx.close()
+    shown, charts, _ = screenshot.capture(browser, server, page, SCREENSHOTS / f"{page}.png", timeout_ms=timeout_ms)
+    assert shown == []
+    assert charts >= CHARTS[page]
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if p != "gradients"])
+def test_page_on_committed_results_in_browser(browser, committed_server, page):
+    """What a new user sees after `make dashboard` on a fresh clone: no exception, and where there are no GPU
+    results yet, a message saying so."""
+    path = SCREENSHOTS / f"committed-{page}.png"
+    shown, charts, text = screenshot.capture(browser, committed_server, page, path, timeout_ms=60_000)
+    assert shown == []
+    if page in ("overview", "throughput"):
+        assert "No GPU benchmark results yet" in text
+    if page in ("host", "kernels", "correctness"):
+        assert charts >= 1

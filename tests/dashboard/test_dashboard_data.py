@@ -32,8 +32,10 @@ def test_classify_by_columns():
 def test_good_folder_loads_without_problems(folders):
     res = data.load_results(folders["good"])
     assert res.problems == []
-    assert {f.kind for f in res.files} == {"benchmark", "correctness"}
-    assert len(res.files) == 4
+    assert {f.kind for f in res.files} == {"benchmark", "correctness", "aot", "host"}
+    assert len(res.files) == 7
+    assert len(res.aot) == len(fixtures.aot_rows()) and res.aot["registers"].dtype == float
+    assert res.aot["hot"].all() and len(res.host) == len(fixtures.host_rows())
     assert set(res.benchmarks["provider"]) == set(data.BENCHMARK_PROVIDERS)
     assert set(res.correctness["device"]) == {"cpu-interpreter", fixtures.GPU}
     # Failed providers are kept (and counted) but flagged: they are results, not file problems.
@@ -178,17 +180,23 @@ def test_pass_rates_and_run_comparisons(folders):
     res = data.load_results(folders["good"])
     rates = data.pass_rates(res.correctness, by=("device", "provider"))
     ours = rates[(rates["device"] == "cpu-interpreter") & (rates["provider"] == "tritonbn")].iloc[0]
-    assert ours["failed"] == 1 and ours["rate"] == pytest.approx(1 - 1 / ours["checks"])
-    a, b = sorted(res.benchmarks["source"].unique())
+    assert ours["failed"] == 3  # both interpreter runs pooled: 1 + 2
+    latest = data.pass_rates(data.latest_correctness_runs(res.correctness), by=("device", "provider"))
+    ours = latest[(latest["device"] == "cpu-interpreter") & (latest["provider"] == "tritonbn")].iloc[0]
+    assert ours["failed"] == 2 and ours["rate"] == pytest.approx(1 - 2 / ours["checks"])
+    a, b = data.runs(res.benchmarks)
     cmp = data.compare_benchmark_runs(res.benchmarks, a, b)
     assert len(cmp) > 0 and cmp["ratio"].between(0.85, 0.95).all()  # run B is 1.1× faster everywhere
-    a, b = sorted(res.correctness["source"].unique())
+    interp = res.correctness[res.correctness["device"] == "cpu-interpreter"]
+    a, b = data.runs(interp)
+    assert b == fixtures.LATER_CHECK  # by time, although its name sorts first
     cmpc = data.compare_correctness_runs(res.correctness, a, b)
     assert cmpc["changed"].sum() == 1
     skipped = res.correctness.assign(passed=None)  # a check skipped in both runs has not changed
     assert not data.compare_correctness_runs(skipped, a, b)["changed"].any()
     newest = data.latest_correctness_runs(res.correctness)
     assert newest.groupby("device")["source"].nunique().eq(1).all()
+    assert fixtures.LATER_CHECK in set(newest["source"])
     prov = data.provenance(res.benchmarks)
     assert list(prov["git_sha"]) == ["abc1234", "def5678"]
 
@@ -214,14 +222,20 @@ def test_correctness_results_as_the_harness_writes_them(folders):
     assert rates.loc["torch", "checks"] == 56  # the skipped row is not a check
 
 
-def test_columns_match_the_harness_schema():
-    """The dashboard's required columns are a subset of what the project's tools write."""
-    schema = pytest.importorskip("tritonbn.schema")
-    assert set(data.BENCHMARK_COLUMNS) <= set(schema.BENCH_COLUMNS)
-    assert set(data.CORRECTNESS_COLUMNS) <= set(schema.CORRECTNESS_COLUMNS)
-    assert list(data.PROVENANCE_COLUMNS) == list(schema.PROVENANCE_COLUMNS)
-    assert set(data.BENCHMARK_OPTIONAL) - {"error"} <= set(schema.BENCH_COLUMNS)
-    assert set(data.SESSION_RECORD_KINDS) == set(schema.RESULT_KINDS) - {"bench", "check"}
+def test_a_file_the_tools_write_is_read_without_problems(tmp_path):
+    """The dashboard reads the columns the tools write (both from tritonbn.schema), appended ones included."""
+    from tritonbn import schema
+
+    bench = fixtures.benchmark_rows()[0] | {"suite": "quick", "status": "ok", "timer": "do_bench", "wall_ms": 0.5}
+    with schema.CsvWriter(tmp_path / "gpu" / "2025-01-01_abc1234.csv", schema.BENCH_COLUMNS) as w:
+        w.write({c: bench.get(c) for c in schema.BENCH_COLUMNS})
+    check = fixtures.correctness_rows()[0] | {"backend": "triton", "status": "ok", "note": ""}
+    with schema.CsvWriter(tmp_path / "gpu" / "2025-01-01_abc1234_check.csv", schema.CORRECTNESS_COLUMNS) as w:
+        w.write({c: check.get(c) for c in schema.CORRECTNESS_COLUMNS})
+    res = data.load_results(tmp_path)
+    assert res.problems == []
+    assert [f.kind for f in res.files] == ["benchmark", "correctness"]
+    assert res.benchmarks["wall_ms"].tolist() == [0.5]
 
 
 def test_gpu_session_records_are_runs_not_problems(tmp_path):
@@ -241,10 +255,11 @@ def test_gpu_session_records_are_runs_not_problems(tmp_path):
         fixtures.write_csv(tmp_path / "nvidia-h100" / f"2025-01-09_def5678_{kind}.csv", rows)
     res = data.load_results(tmp_path)
     assert res.problems == []
-    kinds = {f.path.rsplit("_", 1)[-1][:-4]: f.kind for f in res.files if f.kind not in ("benchmark", "correctness")}
+    kinds = {f.path.rsplit("_", 1)[-1][:-4]: f.kind for f in res.files if f.kind in records}
     assert kinds == {k: k for k in records}
     assert all(f.rows == 1 for f in res.files if f.kind in records)
-    assert len(res.records) == 5 and set(res.records["gpu"]) == {prov["gpu"]}
+    session = res.records[res.records["source"].str.startswith("nvidia-h100/")]
+    assert len(session) == 5 and set(session["gpu"]) == {prov["gpu"]}
     assert len(res.benchmarks) == len(data.load_results(fixtures.write_good(tmp_path / "plain")).benchmarks)
 
 
@@ -261,5 +276,76 @@ def test_wall_time_column_is_numeric_and_optional(tmp_path):
     res = _one(tmp_path, "bench.csv", rows)
     assert res.problems == []
     assert res.benchmarks["wall_ms"].isna().sum() == 1 and res.benchmarks["wall_ms"].max() == 3.5
-    old = _one(tmp_path / "old", "bench.csv", fixtures.benchmark_rows()[:4])  # files from before the column
+    before = [{k: v for k, v in r.items() if k not in ("wall_ms", "own_bytes")} for r in fixtures.benchmark_rows()[:4]]
+    old = _one(tmp_path / "old", "bench.csv", before)  # files from before the column
     assert old.problems == [] and old.benchmarks["wall_ms"].isna().all()
+
+
+def test_runs_are_ordered_by_the_time_they_record():
+    """Two runs of one day are named by their commits, which do not sort in time: the timestamp decides."""
+    df = pd.DataFrame(
+        {
+            "source": ["x/2025-01-09_fff0000.csv", "x/2025-01-09_0000fff.csv", "x/2025-01-09_0000fff.csv"],
+            "timestamp": ["2025-01-09T01:00:00Z", "2025-01-09T23:00:00Z", "2025-01-09T23:00:00Z"],
+        }
+    )
+    assert data.runs(df) == ["x/2025-01-09_fff0000.csv", "x/2025-01-09_0000fff.csv"]
+    assert data.run_started(df, "x/2025-01-09_0000fff.csv") == "2025-01-09 23:00 UTC"
+    assert data.run_started(df.assign(timestamp="yesterday"), "x/2025-01-09_0000fff.csv") == "yesterday"
+    assert data.runs(df.iloc[:0]) == []
+
+
+def test_error_floor_keeps_the_axis_on_the_errors_that_matter():
+    from dashboard import plots
+
+    errors = pd.Series([0.0, 1e-21, 3e-8, 2e-7, 5e-6])
+    tol = pd.Series([1e-5] * 5)
+    floor = plots.error_floor(errors, tol)
+    assert floor == pytest.approx(1e-5 / plots.ERROR_FLOOR_BELOW_TOL)  # not 1e-22: zeros and 1e-21 sit on it
+    assert plots.error_floor(pd.Series([1e-3, 2e-3]), tol) == pytest.approx(1e-4)  # a decade below the least
+    assert plots.error_floor(errors) == pytest.approx(5e-6 / plots.ERROR_SPAN)
+    assert plots.error_floor(pd.Series([0.0, 0.0])) == 1e-16
+    fig = plots.error_by_quantity(
+        pd.DataFrame(
+            {
+                "provider": "tritonbn",
+                "dtype": "float32",
+                "quantity": ["y", "dx", "dweight"],
+                "max_rel_err": [0.0, 1e-21, 3e-6],
+                "tol": 1e-5,
+                "passed": True,
+            }
+        )
+    )
+    ys = [y for tr in fig.data if tr.mode == "markers" for y in tr.y]
+    assert min(ys) == pytest.approx(1e-9) and max(ys) == pytest.approx(3e-6)
+    assert fig.layout.legend.orientation == "v"  # on the right: on top it covered the subtitle
+
+
+def test_aot_rows_budget_and_history():
+    aot = pd.DataFrame(fixtures.aot_rows()).assign(source="aot/3.9.0_abc1234_aot.csv")
+    rows = data.aot_rows(aot, "aot/3.9.0_abc1234_aot.csv")
+    assert set(rows["path"]) == {"loop", "one-tile"} and rows["tile"].iloc[0] == "1×256×1"
+    over = rows[rows["over"] != ""]
+    assert len(over) == 2 and set(over["over"]) == {"30 instructions/element"}  # one per arch
+    small = rows[~rows["budgeted"]]
+    assert (small["elements_per_thread"] < 8).all() and (small["over"] == "").all()  # too few elements to count
+    bad = aot.assign(registers=200.0, spill_bytes=16.0, status=["ok"] * (len(aot) - 1) + ["error"])
+    why = data.aot_rows(bad, "aot/3.9.0_abc1234_aot.csv")["over"]
+    assert why.iloc[0].startswith("200 registers, spills 16 B") and why.iloc[-1] == "does not compile"
+    hist = data.aot_history(aot)
+    assert list(hist["arch"]) == ["sm_80", "sm_90"] and hist["over_budget"].tolist() == [1, 1]
+    assert hist["max_instructions_per_element"].tolist() == [30.0, 30.0]
+
+
+def test_provenance_compact_fits_a_page():
+    prov = data.provenance(pd.DataFrame(fixtures.correctness_rows(fixtures.GPU)[:1]).assign(source="f.csv"))
+    out = data.provenance_compact(prov)
+    assert out.iloc[0].to_dict() == {
+        "source": "f.csv",
+        "started": "2025-01-02 03:04:05 UTC",
+        "commit": "abc1234",
+        "device": f"{fixtures.GPU} (cc 9.0)",
+        "versions": "torch 2.13.0 · CUDA 12.8 · cuDNN 91000 · triton 3.9.0",
+        "rows": 1,
+    }

@@ -67,7 +67,7 @@ def test_malformed_files_are_listed(open_page, folders):
 
 def test_overview_headline(open_page, folders):
     at = open_page("overview", folders["good"])
-    assert [h.value for h in at.header] == ["Performance vs cuDNN", "Correctness", "Provenance"]
+    assert [h.value for h in at.header] == ["Performance vs cuDNN", "Without a GPU", "Correctness", "Provenance"]
     assert fixtures.GPU in [s.value for s in at.subheader]
     labels = [m.label for m in at.metric]
     headline = [m for m in at.metric if m.label.endswith(("train fwd+bwd", "eval fwd"))]
@@ -75,15 +75,29 @@ def test_overview_headline(open_page, folders):
     assert all(m.value.endswith("×") for m in headline)
     assert "tritonbn pass rate · cpu-interpreter" in labels
     assert len(at.get("plotly_chart")) == 1
-    assert "tritonbn: 1 of" in texts(at.error) and "correctness checks failed" in texts(at.error)
+    # the latest interpreter run only (2 failures; the earlier run had 1)
+    assert "tritonbn: 2 of" in texts(at.error) and "correctness checks failed" in texts(at.error)
     assert "inductor 8" in texts(at.warning)  # measurements without a timing are counted
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["launches · train step"] == "2"
+    assert metrics["host time · train step"] == "1.25× torch"
+    assert metrics["kernel specialisations compiled"] == "24 of 24"
+    assert metrics["hot kernels within budget"] == "22 of 24"  # the one-tile float16 reduction, on both archs
     prov = at.dataframe[-1].value
-    assert {"abc1234", "def5678"} <= set(prov["git_sha"])
+    assert {"abc1234", "def5678"} <= set(prov["commit"])
+    assert list(prov.columns) == ["source", "started", "commit", "device", "versions", "rows"]  # fits the page
 
 
 def test_throughput_filters_and_toggles(open_page, folders):
     at = open_page("throughput", folders["good"])
-    assert len(at.get("plotly_chart")) == 3  # bandwidth, speed-up by shape, heat map
+    assert len(at.get("plotly_chart")) == 4  # bandwidth, speed-up by shape, GPU and wall time, heat map
+    wall = at.get("plotly_chart")[2].proto.spec
+    assert "eager wall time" in wall and "GPU time" in wall
+    traffic = next(r for r in at.radio if r.label == "bandwidth at")
+    traffic.set_value("own").run()
+    assert not at.exception and "own passes" in at.get("plotly_chart")[0].proto.spec
+    run = next(s for s in at.selectbox if s.label == "Run")
+    assert [o.split(" · ")[0] for o in run.options[1:]] == ["2025-01-09 03:04 UTC", "2025-01-02 03:04 UTC"]
     pas = next(s for s in at.selectbox if s.label == "pass")
     assert pas.value == "fwd_bwd"
     pas.set_value("bwd").run()
@@ -93,7 +107,7 @@ def test_throughput_filters_and_toggles(open_page, folders):
     assert not at.exception and next(s for s in at.selectbox if s.label == "pass").value == "fwd"
     run = next(s for s in at.selectbox if s.label == "Run")
     run.set_value(run.options[1]).run()
-    assert not at.exception and len(at.get("plotly_chart")) == 3
+    assert not at.exception and len(at.get("plotly_chart")) == 4
     dtype = next(m for m in at.multiselect if m.label == "dtype")
     dtype.set_value(["float16"]).run()
     assert not at.exception
@@ -107,10 +121,18 @@ def test_correctness_failures_stand_out(open_page, folders):
     device = next(s for s in at.selectbox if s.label == "device")
     device.set_value("cpu-interpreter").run()
     assert not at.exception
-    assert "tritonbn: 1 of" in texts(at.error) and "FAILED" in texts(at.error)
+    # one run at a time, the latest by default: the counts are the Overview's, nothing is counted twice
+    run = next(s for s in at.selectbox if s.label == "run")
+    assert run.value == fixtures.LATER_CHECK
+    n_checks = len(fixtures.correctness_rows()) // 2
+    assert f"tritonbn: 2 of {n_checks} checks FAILED" in texts(at.error)
     failed = at.dataframe[0].value
-    assert list(failed["quantity"]) == ["ddx"] and list(failed["provider"]) == ["tritonbn"]
+    assert sorted(failed["quantity"]) == ["ddx", "dweight"] and set(failed["provider"]) == {"tritonbn"}
     assert len(at.get("plotly_chart")) == 1
+    run.set_value(run.options[0]).run()  # the earlier run
+    assert f"tritonbn: 1 of {n_checks} checks FAILED" in texts(at.error)
+    assert list(at.dataframe[0].value["quantity"]) == ["ddx"]
+    assert "`in float32`" in texts(at.caption)  # the note is explained
     at.radio[0].set_value("max_abs_err").run()
     assert not at.exception
     layout = next(m for m in at.multiselect if m.label == "layout")
@@ -123,12 +145,18 @@ def test_correctness_failures_stand_out(open_page, folders):
 
 def test_runs_compare(open_page, folders):
     at = open_page("runs", folders["good"])
-    assert len(at.dataframe[0].value) == 4
+    files = at.dataframe[0].value
+    assert len(files) == 7
+    assert list(files["started"]) == sorted(files["started"])  # oldest first
     assert len(at.get("plotly_chart")) == 1
     assert any(m.label.startswith("tritonbn: time B / time A") and m.value == "0.91×" for m in at.metric)
     at.radio[0].set_value("correctness").run()
     assert not at.exception
-    assert "1 of" in texts(at.error) and "changed result" in texts(at.error)
+    # A is the earlier run, B the later one, by the time they record (not by file name)
+    a, b = (next(s for s in at.selectbox if s.label.startswith(f"Run {k}")) for k in ("A", "B"))
+    assert b.value == fixtures.LATER_CHECK and a.value != fixtures.LATER_CHECK
+    assert b.format_func(b.value).startswith("2025-01-09 10:00 UTC · ")
+    assert "changed result" in texts(at.error)
 
 
 def test_gpu_session_records_on_the_runs_page(open_page, tmp_path):
@@ -138,12 +166,12 @@ def test_gpu_session_records_on_the_runs_page(open_page, tmp_path):
     fixtures.write_csv(
         tmp_path / "nvidia-h100" / "2025-01-09_def5678_env.csv", [{**prov, "quantity": "sm_count", "value": "132"}]
     )
-    for page in ("overview", "throughput", "correctness", "runs"):
+    for page in NON_GRADIENT_PAGES:
         at = open_page(page, tmp_path)
         assert "problem(s) reading the result files" not in texts(at.error)
     files = at.dataframe[0].value.set_index("file")
     assert files.loc["nvidia-h100/2025-01-09_def5678_env.csv", "kind"] == "env"
-    assert files.loc["nvidia-h100/2025-01-09_def5678_env.csv", "gpu"] == prov["gpu"]
+    assert files.loc["nvidia-h100/2025-01-09_def5678_env.csv", "device"].startswith(prov["gpu"])
 
 
 def test_results_folder_from_the_sidebar(open_page, folders):
@@ -183,9 +211,21 @@ def test_gradients_page(open_page, folders):
     assert not at.exception
     detached = at.dataframe[0].value
     assert (detached[["max |Δ dx|", "max |Δ dγ|", "max |Δ dβ|"]] < 1e-10).all().all()
+    assert "detach_stats=True" in at.code[0].value and "training=True" in at.code[0].value
+    assert "does not depend on $x$" in texts(at.markdown)
+    dbl = at.dataframe[2].value
+    assert len(dbl) == 3 and (dbl["max |∂penalty/∂x|"] == 0).all()  # constant statistics: exactly 0
     at.radio[0].set_value("eval").run(timeout=120)
     assert not at.exception
     assert "Switch the mode to *train*" in texts(at.info)
+    # eval: every section gives a result, the detach box is cleared, and the snippet says what runs
+    assert not at.warning and not at.error
+    assert at.checkbox[0].value is False and at.checkbox[0].disabled
+    assert "training=False" in at.code[0].value and "detach_stats" not in at.code[0].value.split("\n")[0]
+    dbl = at.dataframe[-1].value  # (no full-vs-detached table in eval mode)
+    assert len(dbl) == 3 and (dbl["max |Δ ∂penalty/∂γ|"] < 1e-10).all() and (dbl["max |∂penalty/∂x|"] == 0).all()
+    at.radio[0].set_value("train").run(timeout=120)
+    assert at.checkbox[0].value is False and "training=True" in at.code[0].value
     at.radio[1].set_value("float32").run(timeout=120)
     assert not at.exception
     assert (at.dataframe[0].value["max |Δ dx|"] < 1e-4).all()
@@ -199,3 +239,50 @@ def test_correctness_page_on_harness_output(open_page, folders):
     assert set(failed["result"]) == {"FAILED", "error"} and "RuntimeError: boom" in set(failed["note"])
     assert "1 check(s) skipped: torch has no detached-statistics batch norm (1)" in texts(at.caption)
     assert len(at.get("plotly_chart")) == 1
+
+
+def test_kernels_page(open_page, folders):
+    at = open_page("kernels", folders["good"])
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["specialisations"] == "12" and metrics["compile errors"] == "0"  # sm_90 by default
+    assert metrics["hot rows over budget"] == "1 of 12" and metrics["most registers (hot)"] == "96"
+    assert "1 of 12 hot specialisations (sm_90) exceed the budget" in texts(at.warning)
+    assert len(at.get("plotly_chart")) == 2
+    worst = at.dataframe[0].value
+    assert list(worst["kernel"]) == ["backward_reduce"] and worst["instructions_per_element"].iloc[0] == 30
+    # a point with fewer than 8 elements per thread is not held to the budget: not plotted, and said so
+    assert "2 with fewer than 8 elements per thread" in at.get("plotly_chart")[0].proto.spec
+    arch = next(s for s in at.selectbox if s.label == "arch")
+    arch.set_value("sm_80").run()
+    assert not at.exception and {m.label: m.value for m in at.metric}["hot rows over budget"] == "1 of 12"
+    next(m for m in at.multiselect if m.label == "dtype").set_value(["float32"]).run()
+    assert not at.exception and "All 6 hot specialisations (sm_80) are within the budget." in texts(at.success)
+
+
+def test_host_page(open_page, folders):
+    at = open_page("host", folders["good"])
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["launches · train forward"] == "1" and metrics["launches · eval forward"] == "1"
+    assert metrics["host time, train fwd+bwd"] == "1.25× torch"
+    assert "within the 1.5× target" in texts(at.success)
+    assert len(at.get("plotly_chart")) == 1
+    table = at.dataframe[0].value
+    assert list(table["pass"]) == ["train_forward", "train_backward", "train_forward_backward", "eval_forward"]
+    assert table["ratio"].tolist() == pytest.approx([2.5, 1.2, 1.25, 15 / 9])
+
+
+@pytest.mark.parametrize("page", ["kernels", "host"])
+def test_new_pages_without_records(open_page, folders, page):
+    at = open_page(page, folders["correctness_only"])
+    info = texts(at.info)
+    assert ("No kernel report yet" if page == "kernels" else "No host record yet") in info
+    assert ("tritonbn-aot" if page == "kernels" else "tritonbn-bench --host") in info
+
+
+@pytest.mark.parametrize("page", ["kernels", "host", "correctness", "runs"])
+def test_pages_on_the_committed_results(open_page, page):
+    """The pages show the real committed results (the CPU's: kernel reports, host records, the interpreter's
+    correctness runs)."""
+    at = open_page(page, fixtures.REPO / "bench_results", timeout=60)
+    assert not at.error and not texts(at.info).startswith("No ")
+    assert at.get("plotly_chart") or page == "runs"
