@@ -105,25 +105,7 @@ def empty_correctness() -> pd.DataFrame:
 # The record kinds whose rows the pages read in full (the others are listed with their provenance only):
 # their columns and which of them are numbers.
 RECORD_COLUMNS = {"aot": schema.AOT_COLUMNS, "host": schema.HOST_COLUMNS}
-RECORD_NUMERIC = {
-    "aot": [
-        "block_n",
-        "block_s",
-        "block_c",
-        "num_warps",
-        "registers",
-        "spill_bytes",
-        "shared_bytes",
-        "sass_instructions",
-        "loop_instructions",
-        "program_instructions",
-        "elements_per_thread",
-        "instructions_per_element",
-        "div64_per_thread",
-        "uses",
-    ],
-    "host": ["triton_launches", "aten_launches", "launches", "host_us", "host_ratio"],
-}
+RECORD_NUMERIC = {"aot": list(schema.AOT_NUMERIC), "host": list(schema.HOST_NUMERIC)}
 
 
 def empty_record(kind: str) -> pd.DataFrame:
@@ -635,14 +617,7 @@ def aot_history(aot: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=cols)
 
 
-HOST_PASS_ORDER = [
-    "train_forward",
-    "train_backward",
-    "train_forward_backward",
-    "eval_forward",
-    "relu_add_forward",
-    "relu_add_backward",
-]
+HOST_PASS_ORDER = list(schema.HOST_PASSES)
 
 
 def host_table(host: pd.DataFrame, source: str) -> pd.DataFrame:

@@ -125,3 +125,10 @@ def run_label(source: str, frame: pd.DataFrame) -> str:
     who = first.get("gpu") or first.get("device") or ""
     extra = ", ".join(str(v) for v in (who, first.get("git_sha")) if v and str(v) != "nan")
     return f"{data.run_started(frame, source)} · {source}" + (f" ({extra})" if extra else "")
+
+
+def stop_without(frame: pd.DataFrame, what: str, command: str, writes: str, root: Path) -> None:
+    """Say that the results folder has no ``what`` yet and which command makes it, and stop the page."""
+    if frame.empty:
+        st.info(f"No {what} yet in `{shown(root)}`. Run {command}, which writes `{writes}`, then reload this page.")
+        st.stop()

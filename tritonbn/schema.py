@@ -24,6 +24,9 @@ __all__ = [
     "CORRECTNESS_REQUIRED",
     "RECORD_KINDS",
     "HOST_BUDGET",
+    "HOST_NUMERIC",
+    "HOST_PASSES",
+    "AOT_NUMERIC",
     "AOT_COLUMNS",
     "ENV_COLUMNS",
     "HOST_COLUMNS",
@@ -181,6 +184,17 @@ HOST_COLUMNS: tuple[str, ...] = (
     "cpu",
 )
 
+#: ``tritonbn-bench --host``: the passes measured, in the order they are reported.
+HOST_PASSES: tuple[str, ...] = (
+    "train_forward",
+    "train_backward",
+    "train_forward_backward",
+    "eval_forward",
+    "relu_add_forward",
+    "relu_add_backward",
+)
+HOST_NUMERIC: tuple[str, ...] = ("triton_launches", "aten_launches", "launches", "host_us", "host_ratio")
+
 #: ``tritonbn-aot``: one row per (kernel specialisation, arch), compiled ahead of time (``gpu`` is empty).
 AOT_COLUMNS: tuple[str, ...] = (
     *PROVENANCE_COLUMNS,
@@ -209,6 +223,11 @@ AOT_COLUMNS: tuple[str, ...] = (
     "div64_per_thread",
     "uses",
     "error",
+)
+
+#: The columns of :data:`AOT_COLUMNS` that hold numbers.
+AOT_NUMERIC: tuple[str, ...] = tuple(
+    c for c in AOT_COLUMNS[AOT_COLUMNS.index("block_n") :] if c not in ("flags", "arch", "status", "error")
 )
 
 #: Result kinds and the ending of their file names: ``<date>_<sha><ending>.csv`` (``aot``:

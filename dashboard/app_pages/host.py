@@ -18,12 +18,13 @@ st.caption(
 )
 root, res = ui.load()
 host = res.host
-if host.empty:
-    st.info(
-        f"No host record yet in `{ui.shown(root)}`. Run `tritonbn-bench --host` (any machine, about a minute), "
-        "which writes `bench_results/cpu/<date>_<sha>_host.csv`, then reload this page."
-    )
-    st.stop()
+ui.stop_without(
+    host,
+    "host record",
+    "`tritonbn-bench --host` (any machine, about a minute)",
+    "bench_results/cpu/<date>_<sha>_host.csv",
+    root,
+)
 
 records = data.runs(host)
 record = st.selectbox(

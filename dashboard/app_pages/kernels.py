@@ -22,12 +22,13 @@ st.caption(
 )
 root, res = ui.load()
 aot = res.aot
-if aot.empty:
-    st.info(
-        f"No kernel report yet in `{ui.shown(root)}`. Run `tritonbn-aot` (any machine, a few minutes; `--quick` for "
-        "the main shapes), which writes `bench_results/aot/<triton-version>_<sha>_aot.csv`, then reload this page."
-    )
-    st.stop()
+ui.stop_without(
+    aot,
+    "kernel report",
+    "`tritonbn-aot` (any machine, a few minutes; `--quick` for the main shapes)",
+    "bench_results/aot/<triton-version>_<sha>_aot.csv",
+    root,
+)
 
 reports = data.runs(aot)
 c1, c2, c3 = st.columns([3, 1, 2])

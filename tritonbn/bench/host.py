@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tritonbn.schema import HOST_BUDGET
+from tritonbn.schema import HOST_BUDGET, HOST_PASSES
 
 __all__ = ["PASSES", "HOST_BUDGET", "LaunchCount", "count_launches", "measure", "stubbed_kernels"]
 
@@ -59,14 +59,7 @@ NO_KERNEL_OPS = frozenset(
     }
 )
 
-PASSES = (
-    "train_forward",
-    "train_backward",
-    "train_forward_backward",
-    "eval_forward",
-    "relu_add_forward",
-    "relu_add_backward",
-)
+PASSES = HOST_PASSES
 
 
 @dataclass
