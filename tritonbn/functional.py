@@ -195,9 +195,15 @@ def batch_norm_relu(
 
 
 def _fusable_residual(input: torch.Tensor, residual: torch.Tensor) -> bool:
-    """Whether the fused kernels take ``residual``: ``input``'s shape, dtype and device. Any other residual
-    gets torch's ``relu(bn(x) + residual)`` unfused (dtype promotion, broadcasting, torch's errors)."""
-    return residual.shape == input.shape and residual.dtype == input.dtype and residual.device == input.device
+    """Whether the fused kernels take ``residual``: a tensor of ``input``'s shape, dtype and device. Any other
+    residual (a Python number too) gets torch's ``relu(bn(x) + residual)`` unfused (dtype promotion,
+    broadcasting, torch's errors)."""
+    return (
+        isinstance(residual, torch.Tensor)
+        and residual.shape == input.shape
+        and residual.dtype == input.dtype
+        and residual.device == input.device
+    )
 
 
 def _mark_relu_output(y: torch.Tensor) -> torch.Tensor:

@@ -394,7 +394,8 @@ def test_summary_of_fixture_results_has_every_section(tmp_path):
 
 def test_training_step_on_a_tiny_model(kernels):
     """The train step's code path on a small network with the ResNet patterns: torch and tritonbn start from
-    the same weights and batch, so their losses agree; only the Sequential bn → relu pair is fused."""
+    the same weights and batch, so their losses agree; all three batch norms are fused (torch.fx: the
+    Sequential bn → relu, and the block's bn → relu and bn → add → relu called from its forward)."""
     from tritonbn.gpu_session.train import run_training
 
     # float32 convolutions and matmuls in float32 on a GPU too (TF32 would round the two runs differently)
@@ -409,13 +410,36 @@ def test_training_step_on_a_tiny_model(kernels):
     assert [(r["batch_norm"], r["status"]) for r in rows] == [("torch", "ok"), ("tritonbn", "ok")]
     torch_row, ours = rows
     assert (torch_row["bn_layers"], torch_row["fused_relu"]) == (3, 0)
-    assert (ours["bn_layers"], ours["fused_relu"]) == (3, 1)
+    assert (ours["bn_layers"], ours["fused_relu"]) == (3, 3) and not ours.get("note")
     assert math.isclose(torch_row["loss_start"], ours["loss_start"], rel_tol=1e-5)
     assert math.isclose(torch_row["loss_after"], ours["loss_after"], rel_tol=1e-4)
     assert torch_row["loss_after"] < torch_row["loss_start"]  # it trains
     assert all(r["ms_median"] > 0 and r["train_steps"] == 3 for r in rows)
     skipped = run_training("tiny", ("fp32",), timed_steps=1, device=kernels, max_seconds=1e-9)
     assert skipped[-1]["status"] == "skipped"
+
+
+def test_training_step_fuses_what_does_not_trace_as_convert_model_does():
+    """A model torch.fx cannot trace gets convert_model(fuse_relu=True) (nn.Sequential neighbours) and a note."""
+    from torch import nn
+
+    import tritonbn
+    from tritonbn.gpu_session.train import count_batch_norms, fuse
+
+    class Untraceable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.seq = nn.Sequential(nn.BatchNorm2d(3), nn.ReLU())
+            self.bn = nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            y = self.seq(x)
+            return torch.relu(self.bn(y)) if y.sum() > 0 else y  # data-dependent control flow
+
+    model, note = fuse(Untraceable())
+    assert type(model) is Untraceable and type(model.seq[0]) is tritonbn.BatchNorm2dReLU
+    assert count_batch_norms(model) == (2, 1)
+    assert note.startswith("not traceable by torch.fx (TraceError: ") and "nn.Sequential neighbours only" in note
 
 
 def test_environment_without_a_gpu():

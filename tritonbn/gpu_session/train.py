@@ -6,17 +6,20 @@ classes) in ``channels_last``, and for each dtype (``bf16``: float32 parameters 
 from the same initial weights on the same random batch (64 images of 224×224, SGD with momentum):
 
 - ``torch``: the model as torchvision builds it (torch's batch norm: cuDNN on a GPU);
-- ``tritonbn``: the same model after ``tritonbn.convert_model(model, fuse_relu=True)``.
+- ``tritonbn``: the same model after :func:`tritonbn.fx.fuse_fx`, which fuses the batch norms with the
+  ReLU, or the add and ReLU, that ``forward`` applies after them (in ResNet-50, 49 of the 53; the 4
+  downsample batch norms stay unfused). A model that ``torch.fx`` cannot trace gets
+  ``tritonbn.convert_model(model, fuse_relu=True)`` instead (``nn.Sequential`` neighbours only), and its row
+  a ``note`` saying so.
 
 Each row (columns :data:`tritonbn.schema.TRAIN_COLUMNS`) gives the model's batch-norm layer count, how many
-of them ``convert_model`` fused with their ReLU (it fuses a ``BatchNorm2d`` followed by a ``ReLU`` inside an
-``nn.Sequential``; torchvision's ResNet blocks call their ReLU from ``forward``, so there it may be none),
+of them are fused with their ReLU (``fused_relu``: ``BatchNorm2dReLU`` and ``BatchNorm2dAddReLU``),
 the loss of the first step (``loss_start``), the loss
 after ``train_steps`` = 3 steps (a forward pass after the third update, ``loss_after``), and the time per
 step (forward, backward and optimizer step; median, 20th and 80th percentiles over ``steps_timed`` steps
 timed with CUDA events after two warm-up steps). ``--model tiny`` is a small local network with the same
-layer patterns (conv → bn → relu in an ``nn.Sequential``, and a residual bn → add → relu block), for a
-CPU run in Triton's interpreter.
+layer patterns (conv → bn → relu in an ``nn.Sequential``, and a residual bn → add → relu block; all three
+batch norms fused), for a CPU run in Triton's interpreter.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["build_parser", "MODELS", "count_batch_norms", "main", "run_training"]
+__all__ = ["build_parser", "MODELS", "count_batch_norms", "fuse", "main", "run_training"]
 
 LR = 0.01
 TRAIN_STEPS = 3
@@ -80,11 +83,27 @@ MODELS = {"resnet50": (_resnet50, 1000, 64, 224), "tiny": (_tiny, 10, 4, 8)}
 
 def count_batch_norms(model: nn.Module) -> tuple[int, int]:
     """``(batch-norm layers, those fused with an activation)`` of a model."""
-    import tritonbn
-
-    fused_types = (tritonbn.BatchNorm2dReLU, tritonbn.BatchNorm2dAddReLU)
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    return len(bns), sum(isinstance(m, fused_types) for m in bns)
+    return len(bns), sum(bool(getattr(m, "applies_relu", False)) for m in bns)
+
+
+def fuse(model: nn.Module) -> tuple[nn.Module, str]:
+    """``(tritonbn's model, note)``: :func:`tritonbn.fx.fuse_fx`, or where ``torch.fx`` cannot trace the model,
+    ``convert_model(model, fuse_relu=True)`` and a note saying why."""
+    from torch.fx.proxy import TraceError
+
+    import tritonbn
+    from tritonbn.fx import fuse_fx
+
+    try:
+        return fuse_fx(model), ""
+    except TraceError as e:
+        cause = e.__cause__ if e.__cause__ is not None else e
+        note = (
+            f"not traceable by torch.fx ({type(cause).__name__}: {cause}); "
+            "convert_model(fuse_relu=True): nn.Sequential neighbours only"
+        )
+        return tritonbn.convert_model(model, fuse_relu=True), note.replace("\n", " ")[:300]
 
 
 def _quantiles(times: list[float]) -> tuple[float, float, float]:
@@ -157,8 +176,6 @@ def run_training(
     ``time.monotonic()``; default: now): a variant starts only if 1.5 times the longest variant so far
     still fits, else it is a ``skipped`` row. ``on_row`` receives each row as soon as it is known.
     """
-    import tritonbn
-
     build, classes, default_batch, default_image = MODELS[model_name]
     batch, image = batch or default_batch, image or default_image
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -190,7 +207,9 @@ def run_training(
             try:
                 model = copy.deepcopy(base).to(device, memory_format=torch.channels_last)
                 if variant == "tritonbn":
-                    model = tritonbn.convert_model(model, fuse_relu=True)
+                    model, note = fuse(model)
+                    if note:
+                        row["note"] = note
                 row["bn_layers"], row["fused_relu"] = count_batch_norms(model)
                 row.update(_train_one(model, x, target, dtype, device, timed_steps))
                 row["status"] = "ok"
