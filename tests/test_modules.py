@@ -206,3 +206,23 @@ def test_autocast_behaves_like_torch(kernels):
         y_t, y = theirs(x), ours(x)
         y_t16, y16 = theirs(x.to(amp_dtype)), ours(x.to(amp_dtype))
     assert y.dtype == y_t.dtype and y16.dtype == y_t16.dtype
+
+
+def test_package_imports_its_parts_on_first_use():
+    """`import tritonbn` alone loads no torch; with torch loaded it registers the custom ops at once; public
+    names, `from tritonbn import *` and submodules resolve in any order."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, tritonbn; assert 'torch' not in sys.modules; "
+        "from tritonbn import *; assert BatchNorm2d.__module__ == 'tritonbn.modules' and fuse_fx; "
+        "assert tritonbn.launch.one_tile and tritonbn.reference.batch_norm; "
+        "assert sorted(set(tritonbn.__all__) - {'__version__'}) == sorted(tritonbn._EXPORTS); "
+        "assert set(tritonbn.__all__) <= set(dir(tritonbn))"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    code = "import torch, tritonbn; torch.ops.tritonbn.batch_norm_forward; torch.ops.tritonbn.batch_norm_backward"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    with pytest.raises(AttributeError, match="module 'tritonbn' has no attribute 'nope'"):
+        tritonbn.nope  # noqa: B018
