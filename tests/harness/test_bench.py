@@ -171,6 +171,10 @@ def test_own_traffic_model():
     assert [own("tritonbn", q, training=False) for q in ("fwd", "bwd", "fwd_bwd")] == [2, 3, 5]
     assert [own("native", q) for q in ("fwd", "bwd", "fwd_bwd")] == [3, 5, 8]
     assert own("native", "bwd", training=False) is None  # not modelled
+    no_affine = own_traffic_bytes("tritonbn", "bwd", numel, C, elt, p, False, training=False)
+    assert no_affine - traffic_bytes("bwd", 0, C, elt, p, False, training=False) == 2 * numel * elt  # dy, dx
+    assert own_traffic_bytes("tritonbn", "fwd", numel, C, elt, p, True, one_tile=None) is None  # path unknown
+    assert own_traffic_bytes("tritonbn", "fwd", numel, C, elt, p, True, training=False, one_tile=None)
     assert own("cudnn", "fwd") is None and own("inductor", "fwd_bwd") is None
     with pytest.raises(ValueError):
         own_traffic_bytes("tritonbn", "sideways", numel, C, elt, p, True)

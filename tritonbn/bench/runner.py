@@ -202,7 +202,7 @@ def run_config(
         "suite": cfg.suite,
         "peak_gbps": peak_gbps,
     }
-    one_tile = False
+    one_tile = None  # not known: no own_bytes for tritonbn's training passes
     if setup_error is None:
         with contextlib.suppress(Exception):  # the modelled traffic only; the measurement does not need it
             from tritonbn.launch import one_tile as _one_tile

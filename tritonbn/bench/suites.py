@@ -216,8 +216,8 @@ OWN_PASSES: dict[str, dict[tuple[str, str], tuple[int, int]]] = {
         ("train", "fwd"): (2, 3),  # read x, write y; many tiles: x read again to normalise
         ("train", "bwd"): (3, 5),  # read dy and x, write dx; many tiles: dy and x read again for dx
         ("eval", "fwd"): (2, 2),
-        ("eval", "bwd"): (3, 3),  # constant statistics: dx written by the reduction pass
-    },
+        ("eval", "bwd"): (3, 3),  # constant statistics: dx written by the reduction pass (2 without affine:
+    },  # no dweight, dbias to reduce: read dy, write dx)
     "native": {("train", "fwd"): (3, 3), ("train", "bwd"): (5, 5), ("eval", "fwd"): (2, 2)},
 }
 
@@ -232,12 +232,13 @@ def own_traffic_bytes(
     affine: bool,
     *,
     training: bool = True,
-    one_tile: bool = False,
+    one_tile: bool | None = False,
 ) -> int | None:
     """DRAM traffic (bytes) of one pass as the implementation's own kernels move it: :data:`OWN_PASSES` passes
     over the activation plus the O(C) terms of :func:`traffic_bytes` (partials exchanged between a pass's
     programs, O(C) per program, are left out). ``one_tile``: tritonbn ran one program per channel block
-    (:func:`tritonbn.launch.one_tile`). None for an implementation or pass not modelled (cuDNN, inductor).
+    (:func:`tritonbn.launch.one_tile`; None: not known). None for an implementation or pass not modelled
+    (cuDNN, inductor), or tritonbn's training passes when ``one_tile`` is None.
 
     The GB/s at this traffic over the copy bandwidth says how close the kernels run to the memory system's
     limit for what they read and write; at :func:`traffic_bytes` it says how close the pass is to the
@@ -251,5 +252,9 @@ def own_traffic_bytes(
     parts = ("fwd", "bwd") if pass_ == "fwd_bwd" else (pass_,)
     if any((mode, p) not in table for p in parts):
         return None
+    if provider == "tritonbn" and one_tile is None and training:
+        return None  # the path is not known
     passes = sum(table[(mode, p)][0 if one_tile else 1] for p in parts)
+    if provider == "tritonbn" and mode == "eval" and not affine and "bwd" in parts:
+        passes -= 1  # without dweight and dbias the eval backward is dx = dy·invstd alone
     return passes * numel * elt_size + per_channel
