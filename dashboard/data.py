@@ -492,8 +492,9 @@ def provenance(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def provenance_compact(prov: pd.DataFrame) -> pd.DataFrame:
-    """:func:`provenance` in four columns that fit a page: ``started`` (UTC), ``commit``, ``device`` (the GPU,
-    with its compute capability) and ``versions`` (torch, CUDA, cuDNN and Triton, the ones present)."""
+    """:func:`provenance` in four columns that fit a page: ``started`` (UTC, to the minute), ``commit``,
+    ``device`` (the GPU, with its compute capability) and ``versions`` (torch, CUDA, cuDNN and Triton, the
+    ones present)."""
     cols = ["source", "started", "commit", "device", "versions", "rows"]
     if prov.empty:
         return pd.DataFrame(columns=cols)
@@ -512,7 +513,7 @@ def provenance_compact(prov: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(
         {
             "source": prov["source"],
-            "started": prov["timestamp"].astype(str).str.replace("T", " ").str.replace("Z", " UTC"),
+            "started": prov["timestamp"].astype(str).str.replace("T", " ").str.replace(r":\d\dZ$", "", regex=True),
             "commit": prov["git_sha"],
             "device": [device(r) for _, r in prov.iterrows()],
             "versions": [versions(r) for _, r in prov.iterrows()],
@@ -620,14 +621,24 @@ def aot_history(aot: pd.DataFrame) -> pd.DataFrame:
 HOST_PASS_ORDER = list(schema.HOST_PASSES)
 
 
-def host_table(host: pd.DataFrame, source: str) -> pd.DataFrame:
-    """One row per pass of a ``tritonbn-bench --host`` record: launches and host µs per call of tritonbn and
-    of torch, and their ratio (tritonbn / torch)."""
+def host_calls(host: pd.DataFrame, source: str) -> list[str]:
+    """The calls (``shape dtype layout``) a ``tritonbn-bench --host`` record measured, in its order."""
+    d = host[host["source"] == source]
+    return list(dict.fromkeys(d["shape"].astype(str) + " " + d["dtype"].astype(str) + " " + d["layout"].astype(str)))
+
+
+def host_table(host: pd.DataFrame, source: str, call: str | None = None) -> pd.DataFrame:
+    """One row per pass of a ``tritonbn-bench --host`` record (of one call, ``shape dtype layout`` of
+    :func:`host_calls`, the first by default): launches and host µs per call of tritonbn and of torch, and
+    their ratio (tritonbn / torch; NaN where one of them was not measured)."""
     cols = ["pass", "shape", "dtype", "layout", "tritonbn_launches", "torch_launches", "tritonbn_us", "torch_us"]
     cols += ["ratio", "tritonbn_kernels", "torch_kernels"]
     d = host[host["source"] == source]
-    if d.empty:
+    calls = host_calls(host, source)
+    if d.empty or (call is not None and call not in calls):
         return pd.DataFrame(columns=cols)
+    call = call or calls[0]
+    d = d[d["shape"].astype(str) + " " + d["dtype"].astype(str) + " " + d["layout"].astype(str) == call]
     rows = []
     for (pas, shape, dtype, layout), g in d.groupby(["pass", "shape", "dtype", "layout"], sort=False):
         ours, theirs = g[g["impl"] == "tritonbn"], g[g["impl"] == "torch"]
@@ -642,7 +653,10 @@ def host_table(host: pd.DataFrame, source: str) -> pd.DataFrame:
                 "torch_launches": first(theirs, "launches"),
                 "tritonbn_us": first(ours, "host_us"),
                 "torch_us": first(theirs, "host_us"),
-                "ratio": first(ours, "host_ratio"),
+                # as the tool recorded it; computed from the two times for a record without it
+                "ratio": first(ours, "host_ratio")
+                if pd.notna(first(ours, "host_ratio"))
+                else first(ours, "host_us") / first(theirs, "host_us"),
                 "tritonbn_kernels": first(ours, "kernels") if len(ours) else "",
                 "torch_kernels": first(theirs, "kernels") if len(theirs) else "",
             }

@@ -133,6 +133,25 @@ def capture(browser, url: str, page: str, path: Path | None, timeout_ms: int = 6
         ctx.close()
 
 
+def wide_tables(browser, url: str, page: str, timeout_ms: int = 60_000) -> list[int]:
+    """How many pixels each visible table of ``page`` is wider than its box at the capture width (0: it
+    fits; tables inside closed expanders are not counted)."""
+    url_path, title = PAGES[page]
+    ctx = browser.new_context(viewport={"width": WIDTH, "height": 900}, device_scale_factor=1)
+    tab = ctx.new_page()
+    try:
+        tab.goto(f"{url}/{url_path}", wait_until="domcontentloaded", timeout=timeout_ms)
+        tab.get_by_role("heading", name=title, level=1).wait_for(timeout=timeout_ms)
+        tab.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout_ms)
+        tab.wait_for_timeout(1000)  # the grids lay out their columns after the script run
+        return tab.evaluate(
+            """() => [...document.querySelectorAll('[data-testid="stDataFrame"] .dvn-scroller')]
+                .filter(s => s.clientWidth > 0).map(s => s.scrollWidth - s.clientWidth)"""
+        )
+    finally:
+        ctx.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dashboard.screenshot", description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=REPO / "bench_results", help="results folder to show")

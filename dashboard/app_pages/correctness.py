@@ -34,7 +34,7 @@ run = c2.selectbox(
     help="One result file is one run of tritonbn-check, listed oldest first; the latest is selected, as on the "
     "Overview page. The Runs page compares two runs.",
 )
-d = corr[corr["source"] == run]
+d = corr[(corr["source"] == run) & (corr["device"] == device)]
 c1, c2, c3, c4 = st.columns(4)
 dtypes = c1.multiselect("dtype", sorted(d["dtype"].unique()), default=sorted(d["dtype"].unique()))
 layouts = c2.multiselect("layout", sorted(d["layout"].unique()), default=sorted(d["layout"].unique()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from dashboard import data, plots, ui
@@ -34,7 +35,9 @@ record = st.selectbox(
     format_func=lambda r: ui.run_label(r, host) + f" · {host.loc[host['source'] == r, 'cpu'].iloc[0]}",
     help="One file per run of tritonbn-bench --host, oldest first; the newest is selected.",
 )
-table = data.host_table(host, record)
+calls = data.host_calls(host, record)
+call = st.selectbox("call", calls, help="shape, dtype and layout of the measured call") if len(calls) > 1 else calls[0]
+table = data.host_table(host, record, call)
 fb = table[table["pass"] == "train_forward_backward"]
 cols = st.columns(4)
 for col, pas in zip(cols, ("train_forward", "train_backward", "eval_forward"), strict=False):
@@ -48,7 +51,7 @@ for col, pas in zip(cols, ("train_forward", "train_backward", "eval_forward"), s
         f"{r['tritonbn_launches']:.0f}",
         help=f"tritonbn: {r['tritonbn_kernels']}; torch: {r['torch_launches']:.0f} ({r['torch_kernels']})",
     )
-if not fb.empty:
+if not fb.empty and pd.notna(fb["ratio"].iloc[0]):
     ratio = float(fb["ratio"].iloc[0])
     cols[3].metric(
         "host time, train fwd+bwd",
@@ -59,8 +62,7 @@ if not fb.empty:
         f"Train forward+backward: tritonbn's host time is {ratio:.2f}× torch's on this CPU "
         f"({'within' if ratio <= HOST_BUDGET else 'over'} the {HOST_BUDGET:g}× target)."
     )
-shape = ", ".join(f"{s} {d} {lay}" for s, d, lay in table[["shape", "dtype", "layout"]].drop_duplicates().values)
-st.plotly_chart(plots.host_bars(table, HOST_BUDGET, f"Host time per call · {shape}"))
+st.plotly_chart(plots.host_bars(table, HOST_BUDGET, f"Host time per call · {call}"))
 st.dataframe(
     table.drop(columns=["shape", "dtype", "layout", "tritonbn_kernels", "torch_kernels"]),
     hide_index=True,

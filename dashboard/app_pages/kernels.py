@@ -94,17 +94,14 @@ if worst.empty:
 else:
     shown = ["kernel", "path", "dtype", "layout", "shape", "pass", "tile", "num_warps", "registers"]
     st.dataframe(
-        worst[[*shown, "instructions_per_element", "spill_bytes"]].assign(
-            kernel=worst["kernel"].map(plots.kernel_label)
-        ),
+        worst[[*shown, "instructions_per_element"]].assign(kernel=worst["kernel"].map(plots.kernel_label)),
         hide_index=True,
         column_config={
             "instructions_per_element": st.column_config.NumberColumn("instr / elem", format="%.1f"),
             "num_warps": st.column_config.NumberColumn("warps"),
-            "spill_bytes": st.column_config.NumberColumn("spills (B)", format="%d"),
         },
     )
-    st.caption("The flags of each specialisation (its constexpr switches) are in the table at the bottom.")
+    st.caption("Spills and the flags of each specialisation (its constexpr switches) are in the table at the bottom.")
 
 st.subheader("Reports over time")
 hist = data.aot_history(aot)
@@ -115,10 +112,15 @@ st.dataframe(
     column_config={
         "source": "report",
         "started": "started (UTC)",
-        "over_budget": st.column_config.NumberColumn("hot rows over budget"),
-        "max_registers": st.column_config.NumberColumn("most registers", format="%.0f"),
-        "max_instructions_per_element": st.column_config.NumberColumn("worst instr / elem", format="%.1f"),
-        "median_instructions_per_element": st.column_config.NumberColumn("median instr / elem", format="%.1f"),
+        "hot": st.column_config.NumberColumn("hot", help="specialisations of hot kernels"),
+        "over_budget": st.column_config.NumberColumn("over", help="hot specialisations over the budget"),
+        "max_registers": st.column_config.NumberColumn("max regs", format="%.0f", help="most registers, hot"),
+        "max_instructions_per_element": st.column_config.NumberColumn(
+            "worst i/e", format="%.1f", help="most SASS instructions per element where the budget applies"
+        ),
+        "median_instructions_per_element": st.column_config.NumberColumn(
+            "median i/e", format="%.1f", help="median SASS instructions per element where the budget applies"
+        ),
     },
 )
 with st.expander("Every specialisation in this selection"):

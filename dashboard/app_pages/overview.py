@@ -85,7 +85,7 @@ cols = st.columns(4)
 if res.host.empty:
     cols[0].metric("launches · train step", "–", help="no tritonbn-bench --host record yet")
 else:
-    table = data.host_table(res.host, data.runs(res.host)[-1])
+    table = data.host_table(res.host, data.runs(res.host)[-1])  # its first call
     ours = table.set_index("pass")
     fwd_bwd = ours["tritonbn_launches"].get("train_forward_backward")
     cols[0].metric(

@@ -26,11 +26,13 @@ files = res.files_frame.drop(columns=["mtime"]).merge(
 )
 files = files.drop(columns=["source"]).sort_values(["started", "file"], na_position="first", kind="stable")
 st.dataframe(
-    files[["started", "file", "kind", "rows", "problems", "commit", "device", "versions"]],
+    files[["started", "file", "kind", "rows", "problems", "device", "versions"]],  # (the commit is in the name)
     hide_index=True,
     column_config={
-        "problems": st.column_config.NumberColumn("problems", help="see the list below"),
-        "started": st.column_config.TextColumn("started", help="as the run recorded it; oldest first"),
+        "started": st.column_config.TextColumn("started (UTC)", help="as the run recorded it; oldest first"),
+        "rows": st.column_config.NumberColumn("rows", width="small"),
+        "problems": st.column_config.NumberColumn("problems", width="small", help="see the list below"),
+        "device": st.column_config.TextColumn("device", width="small"),
     },
 )
 bad = [f for f in res.files if f.problems]

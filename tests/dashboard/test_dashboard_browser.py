@@ -61,3 +61,5 @@ def test_page_on_committed_results_in_browser(browser, committed_server, page):
         assert "No GPU benchmark results yet" in text
     if page in ("host", "kernels", "correctness"):
         assert charts >= 1
+    # every table fits the page at 1400 px: none is cut at the right edge
+    assert all(px <= 2 for px in screenshot.wide_tables(browser, committed_server, page)), page

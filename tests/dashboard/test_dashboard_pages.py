@@ -286,3 +286,19 @@ def test_pages_on_the_committed_results(open_page, page):
     at = open_page(page, fixtures.REPO / "bench_results", timeout=60)
     assert not at.error and not texts(at.info).startswith("No ")
     assert at.get("plotly_chart") or page == "runs"
+
+
+def test_host_record_with_two_calls_and_one_impl(open_page, tmp_path):
+    """A host record of two calls, one of them measured for tritonbn only: one call at a time, '–' where there
+    is no ratio, no traceback."""
+    rows = fixtures.host_rows()
+    other = [{**r, "shape": "8x64x7x7", "host_ratio": None} for r in rows if r["impl"] == "tritonbn"]
+    fixtures.write_csv(tmp_path / "cpu" / "2025-01-02_abc1234_host.csv", rows + other)
+    at = open_page("overview", tmp_path)
+    assert {m.label: m.value for m in at.metric}["host time · train step"] == "1.25× torch"  # the first call
+    at = open_page("host", tmp_path)
+    call = next(s for s in at.selectbox if s.label == "call")
+    assert call.options == ["4x16x4x4 float32 contiguous", "8x64x7x7 float32 contiguous"]
+    call.set_value("8x64x7x7 float32 contiguous").run()
+    assert not at.exception and not at.success and not at.warning  # no torch time: no verdict
+    assert at.dataframe[0].value["torch_us"].isna().all()
