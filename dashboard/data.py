@@ -508,7 +508,9 @@ def provenance_compact(prov: pd.DataFrame) -> pd.DataFrame:
 
     def device(r) -> str:
         gpu, cc = r.get("gpu", ""), r.get("compute_capability", "")
-        return " ".join(str(v) for v in (gpu if present(gpu) else "", f"(cc {cc})" if present(cc) else "") if v)
+        if not present(gpu):  # a report compiled for targets, on no GPU (tritonbn-aot)
+            return f"sm {cc}" if present(cc) else ""
+        return f"{gpu} (cc {cc})" if present(cc) else str(gpu)
 
     out = pd.DataFrame(
         {

@@ -290,7 +290,7 @@ def error_by_quantity(df: pd.DataFrame, metric: str = "max_rel_err", show_tol: b
     """
     label = {"max_abs_err": "max |error|", "max_rel_err": "max relative error"}.get(metric, metric)
     title = f"{label} vs the float64 reference, per quantity (log scale; ✕: failed"
-    title += ", grey dash: tolerance)" if show_tol else ")"
+    title += ", grey dash: tolerance" if show_tol else ""
     if show_tol:
         sub = (
             f"errors below {1 / ERROR_FLOOR_BELOW_TOL:g}× the tolerance, exact 0 included, sit on the bottom line of "
@@ -299,16 +299,19 @@ def error_by_quantity(df: pd.DataFrame, metric: str = "max_rel_err", show_tol: b
         )
     else:
         sub = f"errors below {1 / ERROR_SPAN:g}× the panel's largest, exact 0 included, sit on its bottom line"
-    title += f"<br><sup>{sub}</sup>"
-    d = df[df[metric].notna()].copy() if not df.empty else df
+    title += f"; NaN: ✕ on top)<br><sup>{sub}</sup>"
+    d = df.copy()
+    if "result" not in d:
+        d["result"] = d["passed"].map({True: "passed", False: "FAILED"}).fillna("skipped")
+    # a check that failed with a NaN error (not one whose provider raised: no value at all) is drawn too
+    d = d[d[metric].notna() | (d["result"] == "FAILED")] if not d.empty else d
     if d.empty:
         return empty_figure("no correctness result with an error value for this selection", title)
     d["plotted"] = d[metric]
     for _, g in d.groupby("dtype", sort=False):
-        floor = error_floor(g[metric], g["tol"] if show_tol and "tol" in g else None)
-        d.loc[g.index, "plotted"] = g[metric].clip(lower=floor)
-    if "result" not in d:
-        d["result"] = d["passed"].map({True: "passed", False: "FAILED"}).fillna("skipped")
+        floor = error_floor(g[metric].dropna(), g["tol"] if show_tol and "tol" in g else None)
+        top = max([float(v) for v in (*g[metric].dropna(), *(g["tol"].dropna() if "tol" in g else ())) if v > 0] or [1])
+        d.loc[g.index, "plotted"] = g[metric].clip(lower=floor).fillna(top * 10)
     for col in ("case", "layout", "mode", "note", "git_sha", "source", "backend"):
         if col not in d:
             d[col] = ""
@@ -486,12 +489,16 @@ def aot_scatter(rows: pd.DataFrame, value: str, budget: float, title: str, y_lab
         },
     )
     fig.update_traces(marker={"size": 6, "opacity": 0.7}, jitter=0.6)
-    fig.add_hline(
-        y=budget,
-        line_dash="dash",
-        line_color="#d62728",
-        annotation_text=f"budget {budget:g}",
-        annotation_position="top left",
+    fig.add_hline(y=budget, line_dash="dash", line_color="#d62728")
+    fig.add_annotation(  # once, above the plots' top right corner: on the line it would sit under the points
+        text=f"red dash: budget {budget:g}",
+        xref="paper",
+        yref="paper",
+        x=1,
+        y=1.07,
+        xanchor="right",
+        showarrow=False,
+        font={"color": "#d62728"},
     )
     fig.update_yaxes(rangemode="tozero", title=None)
     fig.update_yaxes(title=y_label, col=1)

@@ -101,10 +101,10 @@ def chromium() -> Iterator[object]:
             browser.close()
 
 
-def capture(browser, url: str, page: str, path: Path | None, timeout_ms: int = 60_000, height: int | None = None):
-    """Open ``page``, wait until its script run has finished and its charts are drawn, and save a screenshot
-    (the whole page, or its top ``height`` pixels). Returns ``(exception texts shown, number of charts,
-    page text)``."""
+@contextlib.contextmanager
+def opened(browser, url: str, page: str, timeout_ms: int = 60_000) -> Iterator[object]:
+    """A tab (Playwright ``Page``) on ``page`` of the app at ``url``, its script run finished, at the capture
+    width; closed on exit."""
     url_path, title = PAGES[page]
     ctx = browser.new_context(viewport={"width": WIDTH, "height": 900}, device_scale_factor=1)
     tab = ctx.new_page()
@@ -112,6 +112,16 @@ def capture(browser, url: str, page: str, path: Path | None, timeout_ms: int = 6
         tab.goto(f"{url}/{url_path}", wait_until="domcontentloaded", timeout=timeout_ms)
         tab.get_by_role("heading", name=title, level=1).wait_for(timeout=timeout_ms)
         tab.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout_ms)
+        yield tab
+    finally:
+        ctx.close()
+
+
+def capture(browser, url: str, page: str, path: Path | None, timeout_ms: int = 60_000, height: int | None = None):
+    """Open ``page``, wait until its script run has finished and its charts are drawn, and save a screenshot
+    (the whole page, or its top ``height`` pixels). Returns ``(exception texts shown, number of charts,
+    page text)``."""
+    with opened(browser, url, page, timeout_ms) as tab:
         charts = tab.locator('[data-testid="stPlotlyChart"]')
         for i in range(charts.count()):
             charts.nth(i).locator(".main-svg").first.wait_for(timeout=timeout_ms)
@@ -129,27 +139,17 @@ def capture(browser, url: str, page: str, path: Path | None, timeout_ms: int = 6
         exceptions = tab.locator('[data-testid="stException"]')
         shown = [exceptions.nth(i).inner_text() for i in range(exceptions.count())]
         return shown, charts.count(), tab.locator('[data-testid="stMain"]').inner_text()
-    finally:
-        ctx.close()
 
 
 def wide_tables(browser, url: str, page: str, timeout_ms: int = 60_000) -> list[int]:
     """How many pixels each visible table of ``page`` is wider than its box at the capture width (0: it
     fits; tables inside closed expanders are not counted)."""
-    url_path, title = PAGES[page]
-    ctx = browser.new_context(viewport={"width": WIDTH, "height": 900}, device_scale_factor=1)
-    tab = ctx.new_page()
-    try:
-        tab.goto(f"{url}/{url_path}", wait_until="domcontentloaded", timeout=timeout_ms)
-        tab.get_by_role("heading", name=title, level=1).wait_for(timeout=timeout_ms)
-        tab.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout_ms)
+    with opened(browser, url, page, timeout_ms) as tab:
         tab.wait_for_timeout(1000)  # the grids lay out their columns after the script run
         return tab.evaluate(
             """() => [...document.querySelectorAll('[data-testid="stDataFrame"] .dvn-scroller')]
                 .filter(s => s.clientWidth > 0).map(s => s.scrollWidth - s.clientWidth)"""
         )
-    finally:
-        ctx.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,3 +69,16 @@ def reference_grads(
         mean, var = running_mean.double(), running_var.double()
     w = weight.detach() if weight is not None else None
     return reference.batch_norm_backward(dy, x.detach(), w, mean, torch.rsqrt(var + eps), training=training)
+
+
+def randomise_batch_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """Give every batch norm of ``model`` non-trivial affine parameters and running statistics (in place), so
+    that a lost ReLU or add shows in eval mode too; returns ``model``."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-1, 1)
+    return model

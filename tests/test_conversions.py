@@ -16,6 +16,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import randomise_batch_norms
 from torch import nn
 
 import tritonbn
@@ -24,18 +25,6 @@ import tritonbn
 def _model() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 2, 1))
-
-
-def _trained(model: nn.Module) -> nn.Module:
-    """Non-trivial running statistics and affine parameters, so that a lost ReLU shows in eval."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.uniform_(-1, 1)
-                m.running_var.uniform_(0.5, 2)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-1, 1)
-    return model
 
 
 def _same_function(a: nn.Module, b: nn.Module, device: str, what: str) -> None:
@@ -100,7 +89,7 @@ def _conversions():
 
 @pytest.mark.parametrize("conversion", list(_conversions()))
 def test_fused_model_survives_conversion(path, conversion):
-    reference = _trained(_model())
+    reference = randomise_batch_norms(_model())
     fused = tritonbn.convert_model(copy.deepcopy(reference), fuse_relu=True)
     assert type(fused[1]) is tritonbn.BatchNorm2dReLU and type(fused[2]) is tritonbn.FusedReLU
     _same_function(fused, reference, path, "fused")
@@ -109,7 +98,7 @@ def test_fused_model_survives_conversion(path, conversion):
 
 
 def test_torch_sync_conversion_unfuses_and_tritonbn_keeps_fusion(path):
-    fused = tritonbn.convert_model(_trained(_model()), fuse_relu=True)
+    fused = tritonbn.convert_model(randomise_batch_norms(_model()), fuse_relu=True)
     theirs = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(fused))
     assert type(theirs[1]) is nn.SyncBatchNorm and type(theirs[2]) is tritonbn.FusedReLU
     ours = tritonbn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(fused))
@@ -127,7 +116,7 @@ def test_torch_sync_conversion_unfuses_and_tritonbn_keeps_fusion(path):
 
 def test_convert_model_fuses_an_already_converted_model(path):
     """convert_model(model) then convert_model(model, fuse_relu=True) fuses (the second sees tritonbn layers)."""
-    reference = _trained(_model())
+    reference = randomise_batch_norms(_model())
     twice = tritonbn.convert_model(tritonbn.convert_model(copy.deepcopy(reference)), fuse_relu=True)
     assert type(twice[1]) is tritonbn.BatchNorm2dReLU and type(twice[2]) is tritonbn.FusedReLU
     _same_function(twice, reference, path, "converted twice")
@@ -145,7 +134,7 @@ def test_add_relu_layer_converts_to_sync_and_refuses_revert(path):
         def forward(self, x):
             return self.bn(self.conv(x), x)
 
-    block = _trained(Block()).to(path)
+    block = randomise_batch_norms(Block()).to(path)
     x = torch.randn(4, 3, 2, 2, device=path)
     want = block.eval()(x)
     sync = tritonbn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(block))
@@ -178,7 +167,7 @@ def test_fused_relu_is_a_relu_for_any_other_input(path):
     torch.testing.assert_close(y, torch.relu(x))
     assert repr(tritonbn.FusedReLU(inplace=True)) == "FusedReLU(inplace=True)"
     # the fused layer's output passes; anything computed from it (a hook's result, a copy) gets the ReLU
-    bn = _trained(nn.Sequential(tritonbn.BatchNorm2dReLU(3)))[0].to(path).eval()
+    bn = randomise_batch_norms(nn.Sequential(tritonbn.BatchNorm2dReLU(3)))[0].to(path).eval()
     y = bn(torch.randn(2, 3, 2, 2, device=path))
     assert tritonbn.FusedReLU()(y) is y
     shifted = y - 1.0
@@ -194,7 +183,7 @@ def test_fused_relu_is_a_relu_for_any_other_input(path):
 def test_fused_sync_layers_single_process(path):
     """SyncBatchNormReLU / SyncBatchNormAddReLU outside a process group: relu(bn(x) [+ r]), with gradients."""
     for cls in (tritonbn.SyncBatchNormReLU, tritonbn.SyncBatchNormAddReLU):
-        m = _trained(nn.Sequential(cls(3)))[0].to(path)
+        m = randomise_batch_norms(nn.Sequential(cls(3)))[0].to(path)
         ref = nn.BatchNorm2d(3).to(path)
         ref.load_state_dict(m.state_dict())
         x = torch.randn(4, 3, 2, 3, device=path, requires_grad=True)
@@ -227,7 +216,7 @@ def test_fused_sync_layers_single_process(path):
 
 def test_fused_placeholder_compiles_without_graph_break(path):
     """The placeholder's check traces: fused, and unfused after torch's conversion, both with fullgraph."""
-    reference = _trained(_model()).to(path).eval()
+    reference = randomise_batch_norms(_model()).to(path).eval()
     fused = tritonbn.convert_model(copy.deepcopy(reference), fuse_relu=True).eval()
     unfused = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(fused)).eval()
     x = torch.randn(4, 2, 3, 3, device=path)

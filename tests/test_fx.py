@@ -13,6 +13,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import randomise_batch_norms
 from torch import nn
 
 import tritonbn
@@ -166,18 +167,6 @@ class TinyResNet(nn.Module):
 # --- helpers ----------------------------------------------------------------------------------------------
 
 
-def _randomised(model: nn.Module) -> nn.Module:
-    """Non-trivial affine parameters and running statistics, so that a lost ReLU or add shows in eval."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.uniform_(-1, 1)
-                m.running_var.uniform_(0.5, 2)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-1, 1)
-    return model
-
-
 def _kinds(model: nn.Module) -> dict[str, int]:
     """How many batch-norm layers of each type ``model`` holds."""
     counts: dict[str, int] = {}
@@ -289,7 +278,7 @@ def test_torchvision_resnets(arch, fused, add_fused, unfused, monkeypatch):
 def test_resnet_numerics(path, block, training, exact_convs):
     """Output, input/weight/bias gradients and running statistics of the fused model equal the eager model's
     (torch's batch norm, the shared in-place ReLU, ``out += identity``)."""
-    model = _randomised(TinyResNet(block)).to(path).train(training)
+    model = randomise_batch_norms(TinyResNet(block)).to(path).train(training)
     reference = copy.deepcopy(model)
     gm = fuse_fx(model)
     assert all(m.training == training for m in gm.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
@@ -330,7 +319,7 @@ def test_relu_and_add_forms(path):
                 torch.relu(b[11](x) + x.size(0)),
             )
 
-    model = _randomised(Forms()).to(path)
+    model = randomise_batch_norms(Forms()).to(path)
     reference = copy.deepcopy(model)
     gm = fuse_fx(model)
     types = [type(gm.get_submodule(f"bns.{i}")) for i in range(12)]
@@ -342,7 +331,7 @@ def test_sync_batch_norm_is_fused_into_the_sync_layers(monkeypatch):
     """torch's and tritonbn's SyncBatchNorm become SyncBatchNormReLU / SyncBatchNormAddReLU (without a
     process group they are batch norms: compared with torch's SyncBatchNorm, which is then F.batch_norm)."""
     device = _native(monkeypatch)
-    model = _randomised(TinyResNet(BasicBlock, norm_layer=nn.SyncBatchNorm))
+    model = randomise_batch_norms(TinyResNet(BasicBlock, norm_layer=nn.SyncBatchNorm))
     model.layer1[0].bn1 = tritonbn.convert_model(model.layer1[0].bn1)
     gm = fuse_fx(model)
     assert _kinds(gm) == {
@@ -397,7 +386,7 @@ def test_a_fused_relu_survives_torch_sync_conversion(monkeypatch):
         def forward(self, x):
             return self.conv(torch.relu(self.bn(x)))
 
-    model = _randomised(Net()).eval()
+    model = randomise_batch_norms(Net()).eval()
     x = torch.randn(2, 3, 2, 2, device=device)
     expected = model(x)
     gm = fuse_fx(model)
@@ -523,7 +512,7 @@ def test_not_fused(cls, monkeypatch):
     """A batch norm whose output (or add) has another user, an add onto the residual, with alpha or of a
     constant, a batch norm called twice: converted, not fused, and the graph computes what eager does."""
     device = _native(monkeypatch)
-    model = _randomised(cls()).to(device)
+    model = randomise_batch_norms(cls()).to(device)
     reference = copy.deepcopy(model)
     gm = fuse_fx(model)
     assert set(_kinds(gm)) == {"tritonbn.BatchNorm2d"}
@@ -535,7 +524,7 @@ def test_no_batch_norm_is_moved_past_an_in_place_change(monkeypatch):
     its input in place (eager then normalises the unchanged input; without gradients, as autograd refuses
     a saved input changed in place)."""
     device = _native(monkeypatch)
-    model = _randomised(_InputChangedBeforeTheAdd()).to(device).eval()
+    model = randomise_batch_norms(_InputChangedBeforeTheAdd()).to(device).eval()
     gm = fuse_fx(model)
     assert set(_kinds(gm)) == {"tritonbn.BatchNorm2d"}
     x, r = torch.randn(2, 3, 2, 2, device=device), torch.randn(2, 3, 2, 2, device=device)
@@ -569,7 +558,7 @@ def test_fusing_a_model_with_a_fused_part_again(monkeypatch):
     """``model.layer1 = fuse_fx(model.layer1)``, then the whole model: the pass-through ReLU and the in-place
     residual's dtype survive the second trace, and the result computes what eager does."""
     device = _native(monkeypatch)
-    model = _randomised(_WideResidual()).to(device)
+    model = randomise_batch_norms(_WideResidual()).to(device)
     reference = copy.deepcopy(model)
 
     class Outer(nn.Module):
@@ -632,7 +621,7 @@ class _WideResidual(nn.Module):
 def test_residual_dtype_as_in_eager(monkeypatch):
     """``out += identity`` keeps ``out``'s dtype and ``out + identity`` promotes: so do the fused layers."""
     device = _native(monkeypatch)
-    model = _randomised(_WideResidual()).to(device)
+    model = randomise_batch_norms(_WideResidual()).to(device)
     reference = copy.deepcopy(model)
     gm = fuse_fx(model)
     assert _kinds(gm) == {"tritonbn.BatchNorm2dAddReLU": 2}
@@ -681,7 +670,7 @@ def test_a_graph_module_is_fused_as_traced(monkeypatch):
             return torch.relu(y) if relu else y
 
     device = _native(monkeypatch)
-    model = _randomised(Flagged()).to(device)
+    model = randomise_batch_norms(Flagged()).to(device)
     traced = torch.fx.symbolic_trace(model, concrete_args={"relu": True})
     gm = fuse_fx(traced)
     assert type(gm.bn) is tritonbn.BatchNorm2dReLU and type(traced.bn) is nn.BatchNorm2d

@@ -35,10 +35,11 @@ run = c2.selectbox(
     "Overview page. The Runs page compares two runs.",
 )
 d = corr[(corr["source"] == run) & (corr["device"] == device)]
-c1, c2, c3, c4 = st.columns(4)
-dtypes = c1.multiselect("dtype", sorted(d["dtype"].unique()), default=sorted(d["dtype"].unique()))
-layouts = c2.multiselect("layout", sorted(d["layout"].unique()), default=sorted(d["layout"].unique()))
-modes = c3.multiselect("mode", sorted(d["mode"].unique()), default=sorted(d["mode"].unique()))
+c1, c2, c3, c4 = st.columns([3, 2, 2, 2])
+pick = lambda col, name: col.pills(  # noqa: E731 - every value visible, all selected by default
+    name, sorted(d[name].unique()), selection_mode="multi", default=sorted(d[name].unique()), key=f"{name}-{run}"
+)
+dtypes, layouts, modes = pick(c1, "dtype"), pick(c2, "layout"), pick(c3, "mode")
 metric = c4.radio(
     "error",
     ["max_rel_err", "max_abs_err"],
@@ -93,8 +94,12 @@ st.plotly_chart(plots.error_by_quantity(view, metric=metric, show_tol=metric == 
 
 if not ran.empty:
     st.subheader("Worst relative error / tolerance per quantity")
-    st.caption("tritonbn · torch, per dtype: the worst max_rel_err / tol of each. Above 1 means the check failed.")
-    ratio = ran.assign(ratio=ran["max_rel_err"] / ran["tol"])
+    st.caption(
+        "tritonbn · torch, per dtype: the worst max_rel_err / tol of each. Above 1 (or NaN: an error that is NaN) "
+        "means the check failed."
+    )
+    # a NaN error is the worst there is (pivot tables skip NaN): infinite, shown as NaN
+    ratio = ran.assign(ratio=(ran["max_rel_err"] / ran["tol"]).fillna(float("inf")))
     worst = ratio.pivot_table(index="quantity", columns=["dtype", "provider"], values="ratio", aggfunc="max")
     worst = worst.reindex(index=[q for q in dict.fromkeys(ran["quantity"]) if q in worst.index])
 
@@ -102,7 +107,7 @@ if not ran.empty:
         return worst[(dt, provider)] if (dt, provider) in worst.columns else pd.Series(float("nan"), worst.index)
 
     def _cell(dt: str, provider: str) -> pd.Series:
-        return _worst(dt, provider).map(lambda x: "–" if pd.isna(x) else f"{x:.3g}")
+        return _worst(dt, provider).map(lambda x: "–" if pd.isna(x) else "NaN" if x == float("inf") else f"{x:.3g}")
 
     dtypes_ran = list(dict.fromkeys(worst.columns.get_level_values(0)))
     table = pd.DataFrame({dt: _cell(dt, "tritonbn") + " · " + _cell(dt, "torch") for dt in dtypes_ran})

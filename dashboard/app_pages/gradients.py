@@ -419,7 +419,10 @@ if ex is not None:
     st.markdown(
         "With the **full** gradient, shifting all values of a channel or scaling them around their mean does not "
         "change $\\hat x$, so $\\partial L/\\partial x$ has no component along those directions: "
-        "$\\sum_i \\partial L/\\partial x_i = 0$ and $\\sum_i \\hat x_i\\,\\partial L/\\partial x_i = 0$ per channel. "
+        "$\\sum_i \\partial L/\\partial x_i = 0$ per channel, and "
+        "$\\sum_i \\hat x_i\\,\\partial L/\\partial x_i = 0$ up to the effect of $\\epsilon$ (it is "
+        "$\\gamma\\,\\epsilon/(\\sigma^2+\\epsilon)^{3/2}\\sum_i \\delta_i \\hat x_i$: exactly 0 only for "
+        "$\\epsilon = 0$, hence the small value in the table). "
         "With `detach_stats=True` the statistics are treated as constants and"
     )
     st.latex(r"\frac{\partial L}{\partial x_i} = \delta_i\,\gamma\,\frac{1}{\sqrt{\sigma^2+\epsilon}}")
@@ -471,8 +474,9 @@ if mode == "eval" or detach:
     st.markdown(
         "With constant statistics (" + ("eval mode" if mode == "eval" else "`detach_stats=True`") + ") "
         "$g_i = r_i\\,\\gamma/\\sqrt{\\sigma^2+\\epsilon}$ does not depend on $x$: $\\partial\\,"
-        "\\text{penalty}/\\partial x$ is exactly 0 (autograd raises *appears to not have been used in the graph* "
-        "unless asked to `materialize_grads`), while $\\partial\\,\\text{penalty}/\\partial\\gamma = "
+        '\\text{penalty}/\\partial x$ is exactly 0 (autograd raises "One of the differentiated Tensors appears to '
+        'not have been used in the graph" unless asked to `materialize_grads`), while '
+        "$\\partial\\,\\text{penalty}/\\partial\\gamma = "
         "2\\gamma\\sum_i r_i^2/(\\sigma^2+\\epsilon)$ is not."
     )
 st.code(double_backward_code(mode, bool(detach)), language="python")

@@ -43,7 +43,11 @@ rows = data.aot_rows(aot, report)
 archs = sorted(rows["arch"].dropna().unique(), reverse=True)
 arch = c2.selectbox("arch", archs)
 rows = rows[rows["arch"] == arch]
-dtypes = c3.multiselect("dtype", sorted(rows["dtype"].unique()), default=sorted(rows["dtype"].unique()))
+all_dtypes = sorted(rows["dtype"].unique())
+dtypes = c3.pills("dtype", all_dtypes, selection_mode="multi", default=all_dtypes, key=f"dtype-{report}-{arch}")
+if not dtypes:
+    st.info("Select at least one dtype.")
+    st.stop()
 rows = rows[rows["dtype"].isin(dtypes)]
 hot = rows[rows["hot"].fillna(False).astype(bool)]
 budgeted = hot[hot["budgeted"]]

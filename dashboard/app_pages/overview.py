@@ -151,7 +151,9 @@ else:
     )
 
 st.header("Provenance")
-frames = [f for f in (bench, corr) if not f.empty]
+newest = [data.runs(f)[-1] for f in (res.host, res.aot) if not f.empty]  # the records summarised above
+newest_records = res.records[res.records["source"].isin(newest)]
+frames = [f for f in (bench, corr, newest_records) if not f.empty]
 if frames:
     prov = data.provenance(pd.concat([f[["source", *data.PROVENANCE_COLUMNS]] for f in frames], ignore_index=True))
     st.dataframe(data.provenance_compact(prov), hide_index=True, column_config={"source": "result file"})

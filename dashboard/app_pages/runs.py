@@ -31,8 +31,10 @@ st.dataframe(
     column_config={
         "started": st.column_config.TextColumn("started (UTC)", help="as the run recorded it; oldest first"),
         "rows": st.column_config.NumberColumn("rows", width="small"),
-        "problems": st.column_config.NumberColumn("problems", width="small", help="see the list below"),
-        "device": st.column_config.TextColumn("device", width="small"),
+        "problems": st.column_config.NumberColumn(
+            "read problems", width="small", help="problems reading the file (not failed checks): see the list below"
+        ),
+        "device": st.column_config.TextColumn("device", width="small", help="GPU (compute capability)"),
     },
 )
 bad = [f for f in res.files if f.problems]
@@ -42,6 +44,10 @@ if bad:
             st.markdown(f"**{f.path}**\n" + "\n".join(f"- {p}" for p in f.problems))
 
 st.header("Compare two runs")
+st.caption(
+    "Two runs of tritonbn-bench or of tritonbn-check; the Kernels and Launches & host pages show their "
+    "records over time."
+)
 kinds = [k for k, f in (("benchmark", res.benchmarks), ("correctness", res.correctness)) if not f.empty]
 if not kinds:
     st.info("No readable run to compare yet.")
@@ -90,11 +96,16 @@ else:
     if cmp.empty:
         st.info("The two runs have no check in common.")
         st.stop()
+    ran = cmp[~(cmp["passed_a"].isna() & cmp["passed_b"].isna())]  # (a check skipped in both is no check)
     changed = cmp[cmp["changed"]]
+    errors = {
+        c: st.column_config.NumberColumn(c.replace("max_abs_err", "max abs err").replace("_", " "), format="%.3e")
+        for c in ("max_abs_err_a", "max_abs_err_b")
+    }
     if changed.empty:
-        st.success(f"All {len(cmp)} common checks have the same pass/fail result in both runs.")
+        st.success(f"All {len(ran)} checks run in both have the same pass/fail result.")
     else:
-        st.error(f"{len(changed)} of {len(cmp)} common checks changed result between A and B:")
-        st.dataframe(changed, hide_index=True)
+        st.error(f"{len(changed)} of {len(ran)} checks run in both changed result between A and B:")
+        st.dataframe(changed, hide_index=True, column_config=errors)
     with st.expander("All common checks"):
-        st.dataframe(cmp, hide_index=True)
+        st.dataframe(cmp, hide_index=True, column_config=errors)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import dashboard_fixtures as fixtures
 import pytest
 from dashboard_fixtures import PAGES, TITLES, texts
@@ -135,7 +137,7 @@ def test_correctness_failures_stand_out(open_page, folders):
     assert "`in float32`" in texts(at.caption)  # the note is explained
     at.radio[0].set_value("max_abs_err").run()
     assert not at.exception
-    layout = next(m for m in at.multiselect if m.label == "layout")
+    layout = next(m for m in at.pills if m.label == "layout")
     layout.set_value(["contiguous"]).run()
     assert not at.exception and "all" in texts(at.success)
     device = next(s for s in at.selectbox if s.label == "device")
@@ -255,8 +257,11 @@ def test_kernels_page(open_page, folders):
     arch = next(s for s in at.selectbox if s.label == "arch")
     arch.set_value("sm_80").run()
     assert not at.exception and {m.label: m.value for m in at.metric}["hot rows over budget"] == "1 of 12"
-    next(m for m in at.multiselect if m.label == "dtype").set_value(["float32"]).run()
+    dtype = next(m for m in at.pills if m.label == "dtype")
+    dtype.set_value(["float32"]).run()
     assert not at.exception and "All 6 hot specialisations (sm_80) are within the budget." in texts(at.success)
+    next(m for m in at.pills if m.label == "dtype").set_value([]).run()
+    assert not at.exception and not at.success and "Select at least one dtype." in texts(at.info)
 
 
 def test_host_page(open_page, folders):
@@ -302,3 +307,20 @@ def test_host_record_with_two_calls_and_one_impl(open_page, tmp_path):
     call.set_value("8x64x7x7 float32 contiguous").run()
     assert not at.exception and not at.success and not at.warning  # no torch time: no verdict
     assert at.dataframe[0].value["torch_us"].isna().all()
+
+
+def test_a_nan_error_is_a_failure_everywhere(open_page, tmp_path):
+    """A check that failed with a NaN error is drawn (✕ on the panel's top line) and is the worst in the
+    error / tolerance table, not skipped as pandas skips NaN."""
+    rows = fixtures.correctness_rows(failures=0)
+    nan = next(r for r in rows if (r["provider"], r["dtype"], r["quantity"]) == ("tritonbn", "float32", "dx"))
+    nan.update(max_abs_err="nan", max_rel_err="nan", passed=False)
+    fixtures.write_csv(tmp_path / "cpu-interpreter" / "2025-01-02_abc1234_check.csv", rows)
+    at = open_page("correctness", tmp_path)
+    assert "tritonbn: 1 of" in texts(at.error)
+    chart = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert "NaN: ✕ on top" in chart["layout"]["title"]["text"]
+    failed = [tr for tr in chart["data"] if tr.get("name") == "failed"]
+    assert len(failed) == 1 and len(failed[0]["customdata"]) == 1
+    worst = next(d.value for d in at.dataframe if list(d.value.columns) == ["float32", "float64"])
+    assert worst.loc["dx", "float32"].startswith("NaN · ")
