@@ -551,41 +551,38 @@ def compare_correctness_runs(df: pd.DataFrame, run_a: str, run_b: str) -> pd.Dat
 
 # --- ahead-of-time kernel reports and host records ---------------------------------------------------------------
 
-AOT_PATH_LABEL = {"loop": "tile loop", "one-tile": "one tile"}
-
 
 def aot_rows(aot: pd.DataFrame, source: str) -> pd.DataFrame:
     """The rows of one ``tritonbn-aot`` report with the columns the Kernels page adds: ``path`` (``loop``: the
     program loops over tiles, the streaming path of large tensors; ``one-tile``), ``tile`` (``N×S×C``),
     ``budgeted`` (a hot kernel whose threads hold enough elements for the instruction budget to apply) and
-    ``over`` (what of the budget of :data:`tritonbn.schema.AOT_BUDGET` the row exceeds, empty if nothing)."""
-    budget = schema.AOT_BUDGET
+    ``over`` (what of the budget of :data:`tritonbn.schema.AOT_BUDGET` the row exceeds, empty if nothing),
+    judged by :func:`tritonbn.schema.aot_excess` as ``tritonbn-aot --check`` judges it."""
     d = aot[aot["source"] == source].copy()
     if d.empty:
         return d.assign(path=[], tile=[], budgeted=[], over=[])
-    d["path"] = (d["loop_instructions"].fillna(0) > 0).map({True: "loop", False: "one-tile"})
+    records = d.to_dict("records")
+    d["path"] = [schema.aot_path(r) for r in records]
     d["tile"] = [
         "×".join(str(int(v)) if pd.notna(v) else "?" for v in t)
         for t in zip(d["block_n"], d["block_s"], d["block_c"], strict=True)
     ]
     ok = d["status"].astype(str).str.strip().str.lower() == "ok"
     hot = d["hot"].fillna(False).astype(bool) & ok
-    d["budgeted"] = hot & (d["elements_per_thread"] >= budget["min_elements_per_thread"])
+    d["budgeted"] = hot & pd.Series([schema.aot_budget_applies(r) for r in records], index=d.index)
+    labels = {
+        "registers": "{:.0f} registers",
+        "spill_bytes": "spills {:.0f} B",
+        "div64_per_thread": "64-bit division",
+        "instructions_per_element": "{:g} instructions/element",
+    }
     over = []
-    for _, r in d.iterrows():
-        why = []
-        if not ok[r.name]:
-            why.append("does not compile")
-        elif hot[r.name]:
-            if r["registers"] > budget["max_registers"]:
-                why.append(f"{r['registers']:.0f} registers")
-            if r["spill_bytes"] > 0:
-                why.append(f"spills {r['spill_bytes']:.0f} B")
-            if r["div64_per_thread"] > 0:
-                why.append("64-bit division")
-            if r["budgeted"] and r["instructions_per_element"] > budget["max_instructions_per_element"]:
-                why.append(f"{r['instructions_per_element']:g} instructions/element")
-        over.append(", ".join(why))
+    for r, is_ok, is_hot in zip(records, ok, hot, strict=True):
+        if not is_ok:
+            over.append("does not compile")
+        else:
+            excess = schema.aot_excess(r) if is_hot else {}
+            over.append(", ".join(labels[col].format(v) for col, v in excess.items()))
     d["over"] = over
     return d
 
@@ -623,10 +620,14 @@ def aot_history(aot: pd.DataFrame) -> pd.DataFrame:
 HOST_PASS_ORDER = list(schema.HOST_PASSES)
 
 
+def _host_call(d: pd.DataFrame) -> pd.Series:
+    """The call each host row measured: ``shape dtype layout``."""
+    return d["shape"].astype(str) + " " + d["dtype"].astype(str) + " " + d["layout"].astype(str)
+
+
 def host_calls(host: pd.DataFrame, source: str) -> list[str]:
     """The calls (``shape dtype layout``) a ``tritonbn-bench --host`` record measured, in its order."""
-    d = host[host["source"] == source]
-    return list(dict.fromkeys(d["shape"].astype(str) + " " + d["dtype"].astype(str) + " " + d["layout"].astype(str)))
+    return list(dict.fromkeys(_host_call(host[host["source"] == source])))
 
 
 def host_table(host: pd.DataFrame, source: str, call: str | None = None) -> pd.DataFrame:
@@ -640,11 +641,12 @@ def host_table(host: pd.DataFrame, source: str, call: str | None = None) -> pd.D
     if d.empty or (call is not None and call not in calls):
         return pd.DataFrame(columns=cols)
     call = call or calls[0]
-    d = d[d["shape"].astype(str) + " " + d["dtype"].astype(str) + " " + d["layout"].astype(str) == call]
+    d = d[_host_call(d) == call]
     rows = []
     for (pas, shape, dtype, layout), g in d.groupby(["pass", "shape", "dtype", "layout"], sort=False):
         ours, theirs = g[g["impl"] == "tritonbn"], g[g["impl"] == "torch"]
         first = lambda f, c: f[c].iloc[0] if len(f) else float("nan")  # noqa: E731
+        recorded = first(ours, "host_ratio")
         rows.append(
             {
                 "pass": pas,
@@ -656,9 +658,7 @@ def host_table(host: pd.DataFrame, source: str, call: str | None = None) -> pd.D
                 "tritonbn_us": first(ours, "host_us"),
                 "torch_us": first(theirs, "host_us"),
                 # as the tool recorded it; computed from the two times for a record without it
-                "ratio": first(ours, "host_ratio")
-                if pd.notna(first(ours, "host_ratio"))
-                else first(ours, "host_us") / first(theirs, "host_us"),
+                "ratio": recorded if pd.notna(recorded) else first(ours, "host_us") / first(theirs, "host_us"),
                 "tritonbn_kernels": first(ours, "kernels") if len(ours) else "",
                 "torch_kernels": first(theirs, "kernels") if len(theirs) else "",
             }

@@ -132,3 +132,20 @@ def stop_without(frame: pd.DataFrame, what: str, command: str, writes: str, root
     if frame.empty:
         st.info(f"No {what} yet in `{shown(root)}`. Run {command}, which writes `{writes}`, then reload this page.")
         st.stop()
+
+
+def latest_run_picker(
+    container, label: str, frame: pd.DataFrame, help: str, detail: str | None = None, detail_format: str = "{}"
+) -> str:
+    """A select box of the runs of ``frame`` (:func:`dashboard.data.runs`: oldest first) with the newest
+    selected, labelled by :func:`run_label` and, with ``detail``, that column's value of the run (formatted
+    with ``detail_format``)."""
+
+    def label_of(source: str) -> str:
+        text = run_label(source, frame)
+        if detail is None:
+            return text
+        return f"{text} · " + detail_format.format(frame.loc[frame["source"] == source, detail].iloc[0])
+
+    runs = data.runs(frame)
+    return container.selectbox(label, runs, index=len(runs) - 1, format_func=label_of, help=help)

@@ -40,14 +40,12 @@ from pathlib import Path
 
 import torch
 
-from tritonbn.schema import AOT_BUDGET
+from tritonbn.schema import AOT_BUDGET, aot_budget_applies, aot_excess, aot_path
 
 ARCHS = (90, 80)
 #: The budget of a kernel that touches every element (:data:`tritonbn.schema.AOT_BUDGET`).
 MAX_REGISTERS = int(AOT_BUDGET["max_registers"])
 MAX_INSTRUCTIONS_PER_ELEMENT = float(AOT_BUDGET["max_instructions_per_element"])
-#: Below this many elements per thread a program is a small tensor's, bound by launch latency.
-MIN_ELEMENTS_PER_THREAD = int(AOT_BUDGET["min_elements_per_thread"])
 #: Classes of specialisations (kernel, path) not yet within the budget, with the most SASS instructions
 #: per element and registers they may have: a ratchet, measured with ``tritonbn-aot`` (full set) on
 #: triton 3.9 and rounded up by ~10%. Lower an entry when its class improves; delete it when the class
@@ -473,20 +471,20 @@ def _row(spec: Spec, result: dict, prov: dict) -> dict:
     return row
 
 
-def path_of(row: dict) -> str:
-    """``loop`` (a program loops over tiles: the streaming path of large tensors) or ``one-tile``."""
-    return "loop" if int(row.get("loop_instructions") or 0) > 0 else "one-tile"
+path_of = aot_path
 
 
 def over_budget(row: dict) -> list[str]:
-    """How a compiled hot row exceeds the budget (empty: within it)."""
+    """How a compiled hot row exceeds the register and instruction budget (empty: within it; spills and
+    64-bit divisions are reported by :func:`violations`)."""
+    excess = aot_excess(row)
     out = []
-    if int(row["registers"]) > MAX_REGISTERS:
+    if "registers" in excess:
         out.append(f"{row['registers']} registers > {MAX_REGISTERS}")
-    ept = float(row["elements_per_thread"])
-    ipe = float(row["instructions_per_element"] or 0)
-    if ept >= MIN_ELEMENTS_PER_THREAD and ipe > MAX_INSTRUCTIONS_PER_ELEMENT:
-        out.append(f"{ipe:g} SASS instructions per element > {MAX_INSTRUCTIONS_PER_ELEMENT:g}")
+    if "instructions_per_element" in excess:
+        out.append(
+            f"{excess['instructions_per_element']:g} SASS instructions per element > {MAX_INSTRUCTIONS_PER_ELEMENT:g}"
+        )
     return out
 
 
@@ -515,7 +513,7 @@ def violations(rows: list[dict]) -> list[str]:
             continue
         max_ipe, max_regs = ceiling
         ipe = float(r["instructions_per_element"] or 0)
-        if float(r["elements_per_thread"]) >= MIN_ELEMENTS_PER_THREAD and ipe > max_ipe:
+        if aot_budget_applies(r) and ipe > max_ipe:
             out.append(f"{where}: {ipe:g} SASS instructions per element > its ceiling {max_ipe:g}")
         if int(r["registers"]) > max_regs:
             out.append(f"{where}: {r['registers']} registers > its ceiling {max_regs}")

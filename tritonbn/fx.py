@@ -49,10 +49,6 @@ _FUSE_ADD_RELU = {
     SyncBatchNorm: SyncBatchNormAddReLU,
 }
 _RELU_FUNCTIONS = (torch.relu, torch.relu_, F.relu, F.relu_)
-_INPLACE_OPERATORS = (
-    "iadd", "iand", "ifloordiv", "ilshift", "imatmul", "imod", "imul", "ior", "ipow", "irshift", "isub",
-    "itruediv", "ixor",
-)  # fmt: skip
 
 
 def _inplace_function(op):
@@ -74,6 +70,7 @@ _INPLACE_SYMBOLS = {
     "iadd": "+", "iand": "&", "ifloordiv": "//", "ilshift": "<<", "imatmul": "@", "imod": "%", "imul": "*",
     "ior": "|", "ipow": "**", "irshift": ">>", "isub": "-", "itruediv": "/", "ixor": "^",
 }  # fmt: skip
+_INPLACE_OPERATORS = tuple(_INPLACE_SYMBOLS)
 #: operator name -> its function in the graph (module attributes, so generated code and pickles find them)
 _INPLACE = {name: _inplace_function(getattr(operator, name)) for name in _INPLACE_OPERATORS}
 globals().update({f.__name__: f for f in _INPLACE.values()})

@@ -27,6 +27,9 @@ __all__ = [
     "HOST_NUMERIC",
     "HOST_PASSES",
     "AOT_NUMERIC",
+    "aot_budget_applies",
+    "aot_excess",
+    "aot_path",
     "AOT_COLUMNS",
     "ENV_COLUMNS",
     "HOST_COLUMNS",
@@ -262,6 +265,41 @@ AOT_BUDGET: dict[str, float] = {
     "max_instructions_per_element": 8.0,
     "min_elements_per_thread": 8,
 }
+
+
+def _number(value: object) -> float:
+    """A report cell as a number: CSV text or a parsed value; empty (or NaN) is 0."""
+    v = float(value or 0)
+    return 0.0 if v != v else v
+
+
+def aot_path(row: Mapping[str, object]) -> str:
+    """The path of a ``tritonbn-aot`` row: ``loop`` (a program loops over tiles: the streaming path of large
+    tensors) or ``one-tile``."""
+    return "loop" if _number(row.get("loop_instructions")) > 0 else "one-tile"
+
+
+def aot_budget_applies(row: Mapping[str, object]) -> bool:
+    """Whether a row's threads hold enough elements for the instruction budget to apply (smaller tiles belong
+    to tensors of a few thousand elements, bound by launch latency)."""
+    return _number(row.get("elements_per_thread")) >= AOT_BUDGET["min_elements_per_thread"]
+
+
+def aot_excess(row: Mapping[str, object]) -> dict[str, float]:
+    """What of :data:`AOT_BUDGET` a compiled ``tritonbn-aot`` row exceeds, as ``{column: value}``: any of
+    ``registers``, ``spill_bytes``, ``div64_per_thread`` and ``instructions_per_element`` (the latter only
+    where :func:`aot_budget_applies`). Empty: within the budget. Cells may be CSV text or numbers; the caller
+    decides whether the row is of a hot kernel."""
+    out = {}
+    if _number(row.get("registers")) > AOT_BUDGET["max_registers"]:
+        out["registers"] = _number(row.get("registers"))
+    for col in ("spill_bytes", "div64_per_thread"):
+        if _number(row.get(col)) > 0:
+            out[col] = _number(row.get(col))
+    ipe = _number(row.get("instructions_per_element"))
+    if aot_budget_applies(row) and ipe > AOT_BUDGET["max_instructions_per_element"]:
+        out["instructions_per_element"] = ipe
+    return out
 
 
 def _split_kind(stem: str) -> tuple[str, str]:

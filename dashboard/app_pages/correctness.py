@@ -25,13 +25,11 @@ if corr.empty:
 c1, c2 = st.columns([1, 2])
 devices = sorted(corr["device"].unique())
 device = c1.selectbox("device", devices, help="A GPU name, or cpu-interpreter for Triton's interpreter on the CPU")
-runs = data.runs(corr[corr["device"] == device])
-run = c2.selectbox(
+run = ui.latest_run_picker(
+    c2,
     "run",
-    runs,
-    index=len(runs) - 1,
-    format_func=lambda r: ui.run_label(r, corr),
-    help="One result file is one run of tritonbn-check, listed oldest first; the latest is selected, as on the "
+    corr[corr["device"] == device],
+    "One result file is one run of tritonbn-check, listed oldest first; the latest is selected, as on the "
     "Overview page. The Runs page compares two runs.",
 )
 d = corr[(corr["source"] == run) & (corr["device"] == device)]

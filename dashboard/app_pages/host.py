@@ -27,13 +27,8 @@ ui.stop_without(
     root,
 )
 
-records = data.runs(host)
-record = st.selectbox(
-    "record",
-    records,
-    index=len(records) - 1,
-    format_func=lambda r: ui.run_label(r, host) + f" · {host.loc[host['source'] == r, 'cpu'].iloc[0]}",
-    help="One file per run of tritonbn-bench --host, oldest first; the newest is selected.",
+record = ui.latest_run_picker(
+    st, "record", host, "One file per run of tritonbn-bench --host, oldest first; the newest is selected.", "cpu"
 )
 calls = data.host_calls(host, record)
 call = st.selectbox("call", calls, help="shape, dtype and layout of the measured call") if len(calls) > 1 else calls[0]
@@ -80,7 +75,7 @@ with st.expander("What each call launches"):
         hide_index=True,
         column_config={"tritonbn_kernels": "tritonbn kernels", "torch_kernels": "torch operators"},
     )
-if len(records) > 1:
+if host["source"].nunique() > 1:
     st.subheader("Records over time")
     hist = host[host["impl"] == "tritonbn"].assign(started=host["source"].map(lambda s: data.run_started(host, s)))
     piv = hist.pivot_table(index=["started", "git_sha"], columns="pass", values="host_ratio", aggfunc="first")

@@ -30,14 +30,9 @@ ui.stop_without(
     root,
 )
 
-reports = data.runs(aot)
 c1, c2, c3 = st.columns([3, 1, 2])
-report = c1.selectbox(
-    "report",
-    reports,
-    index=len(reports) - 1,
-    format_func=lambda r: ui.run_label(r, aot) + f" · triton {aot.loc[aot['source'] == r, 'triton'].iloc[0]}",
-    help="One file per run of tritonbn-aot, oldest first; the newest is selected.",
+report = ui.latest_run_picker(
+    c1, "report", aot, "One file per run of tritonbn-aot, oldest first; the newest is selected.", "triton", "triton {}"
 )
 rows = data.aot_rows(aot, report)
 archs = sorted(rows["arch"].dropna().unique(), reverse=True)

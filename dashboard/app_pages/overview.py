@@ -102,8 +102,7 @@ else:
 if res.aot.empty:
     cols[2].metric("kernel specialisations", "–", help="no tritonbn-aot report yet")
 else:
-    hist = data.aot_history(res.aot)
-    newest = hist[hist["source"] == hist["source"].iloc[-1]]
+    newest = data.aot_history(res.aot[res.aot["source"] == data.runs(res.aot)[-1]])  # the newest report alone
     cols[2].metric(
         "kernel specialisations compiled",
         f"{int(newest['rows'].sum() - newest['errors'].sum())} of {int(newest['rows'].sum())}",
