@@ -188,7 +188,6 @@ def test_alignment_told_to_the_kernels(shape, layout, vec, inner):
         extent = rows.C if inner else rows.S
         marked = [v for sn, ss, sc in rows.strides for v in ((sn, ss) if inner else (sn, sc))]
         assert all(v % geo.VEC == 0 for v in [extent, *marked])
-    assert "VEC" not in launch.geometry(rows, one_tile_per_program=True).meta(hints=False)
 
 
 @pytest.mark.parametrize(
@@ -206,6 +205,40 @@ def test_programs_loop_over_tiles_and_fill_the_gpu(tile_policy, shape, layout):
         assert geo.P <= geo.T and geo.P * geo.TPP >= geo.T > (geo.P - 1) * geo.TPP
         assert 2 * programs >= min(256, geo.CB * geo.T)  # (chunks of equal length: P rounds down)
         assert geo.TPP >= 4 or programs <= 2 * 256
+
+
+@pytest.mark.parametrize("policy", ["one-tile", "chunk-loops", "ragged-chunks", "min-tiles"])
+@pytest.mark.parametrize("shape_name", ["nchw-odd", "nchw-vec4", "nhwc-vec4", "2d", "strided"])
+@pytest.mark.parametrize("fused", [False, True], ids=["bn", "bn-add-relu"])
+def test_double_backward_paths(kernels, tile_policy, policy, shape_name, fused):
+    """Second-order gradients -- the channel-sum and channel-affine kernels of the differentiable backward,
+    with one tile per program or loops over chunks (ragged ones too), masks and vector hints -- against
+    autograd through the float64 reference."""
+    tile_policy(**POLICIES[policy])
+    shape, layout = SHAPES[shape_name]
+    dtype, C = torch.float64, shape[1]
+    x = make_input(shape, dtype, kernels, layout, mean=3.0, std=2.0).requires_grad_()
+    w = (torch.rand(C, dtype=dtype, device=kernels) + 0.5).requires_grad_()
+    b = torch.randn(C, dtype=dtype, device=kernels).requires_grad_()
+    res = torch.randn(shape, dtype=dtype, device=kernels) if fused else None
+
+    def ours(x, w, b):
+        if fused:
+            return tritonbn.batch_norm_relu(x, None, None, w, b, training=True, residual=res)
+        return tritonbn.batch_norm(x, None, None, w, b, training=True)
+
+    def ref(x, w, b):
+        y = reference.batch_norm(x, None, None, w, b, training=True)
+        return torch.relu(y + res) if fused else y
+
+    dy = torch.randn(shape, dtype=dtype, device=kernels).requires_grad_()
+    v = torch.randn(shape, dtype=dtype, device=kernels)
+    results = []
+    for fn in (ours, ref):
+        g1 = torch.autograd.grad(fn(x, w, b), (x, w, b), dy, create_graph=True)
+        results.append([*g1, *torch.autograd.grad(g1[0], (x, w, dy), v)])
+    for got, want, name in zip(*results, ("dx", "dweight", "dbias", "ddx", "ddweight", "ddy"), strict=True):
+        assert_close(got, want, dtype, name, name)
 
 
 # ------------------------------------------------------------------------------------------ launches

@@ -202,11 +202,11 @@ class Geometry(NamedTuple):
         """(channel blocks, chunks): a program reads its channel block and chunk without dividing."""
         return (self.CB, self.P)
 
-    def meta(self, hints: bool = True) -> dict:
-        """The constexprs shared by the batch-norm kernels (``hints``: with VEC and INNER_C)."""
-        extra = {"VEC": self.VEC, "INNER_C": self.INNER_C} if hints else {}
+    def meta(self) -> dict:
+        """The constexprs shared by the kernels."""
         return {
-            **extra,
+            "VEC": self.VEC,
+            "INNER_C": self.INNER_C,
             "BLOCK_N": self.BLOCK_N,
             "BLOCK_S": self.BLOCK_S,
             "BLOCK_C": self.BLOCK_C,
@@ -256,7 +256,6 @@ def geometry(
     rows: Rows,
     *,
     single_ok: bool = True,
-    one_tile_per_program: bool = False,
     wide_acc: bool = False,
 ) -> Geometry:
     """Tile shape and grid for a pass over ``rows`` (see the module and kernels' docstrings).
@@ -272,7 +271,7 @@ def geometry(
     same = all(st == rows.strides[0] for st in rows.strides)
     vec = _vec(rows, inner)
     width = 2 if wide_acc else 1  # registers per accumulated value: float64 tiles hold float32's bytes
-    if single_ok and not one_tile_per_program:
+    if single_ok:
         # One program per channel block holding all of its rows: the one-launch path.
         bc = min(pc, 64) if inner else 1
         while inner and bc > min(pc, 8) and pn * ps * bc > SINGLE_MAX_ELEMENTS:
@@ -312,14 +311,11 @@ def geometry(
         bs, bn = run, min(pn, tile // run)
     SB, NB, CB = triton.cdiv(S, bs), triton.cdiv(N, bn), triton.cdiv(C, bc)
     T = NB * SB
-    if one_tile_per_program:
-        TPP, P = 1, T
-    else:
-        floor = max(T // MIN_TILES_PER_PROGRAM, triton.cdiv(MIN_PROGRAMS, CB))  # long loops, a full GPU
-        P = min(T, max(1, TARGET_PROGRAMS // CB), max(1, MERGE_MAX_VALUES // bc), max(1, floor))
-        TPP = max(triton.cdiv(T, P), 1)
-        TPP = min(TPP, max(1, _COUNT_EXACT // (bn * bs)))
-        P = triton.cdiv(T, TPP)
+    floor = max(T // MIN_TILES_PER_PROGRAM, triton.cdiv(MIN_PROGRAMS, CB))  # long loops, a full GPU
+    P = min(T, max(1, TARGET_PROGRAMS // CB), max(1, MERGE_MAX_VALUES // bc), max(1, floor))
+    TPP = max(triton.cdiv(T, P), 1)
+    TPP = min(TPP, max(1, _COUNT_EXACT // (bn * bs)))
+    P = triton.cdiv(T, TPP)
     block_p = min(_p2(P), max(1, MERGE_BLOCK_VALUES // width // bc))
     return Geometry(
         bn,
@@ -906,20 +902,23 @@ def channel_sums(
     """Per-channel ``Σ (u - mu_u)`` (if ``want_sum_u``) and ``Σ (u - mu_u)·(v - mu_v)`` (if ``v`` is given).
 
     Sums run over N and the spatial dims in the accumulation dtype; ``mu_*`` are per-channel (C,) centres.
-    With ``gate``, ``u - mu_u`` counts only where not ``gate <= 0`` (a fused ReLU's mask). One tile per program;
-    a torch sum finishes the per-tile partials (the primitives of the double backward).
+    With ``gate``, ``u - mu_u`` counts only where not ``gate <= 0`` (a fused ReLU's mask). Each program sums a
+    chunk of tiles; a torch sum finishes the per-chunk partials (the primitives of the double backward).
     """
     acc = acc_dtype(torch.promote_types(u.dtype, v.dtype) if v is not None else u.dtype)
     uv = ncs_view(u)
     vv = ncs_view(v) if v is not None else uv
     gv = ncs_view(gate) if gate is not None else uv
     rows = rows_view(uv, vv, gv)
-    geo = geometry(rows, one_tile_per_program=True)
     C = rows.C
-    sum_u_p = torch.empty((geo.T, C), dtype=acc, device=u.device) if want_sum_u else None
-    sum_uv_p = torch.empty((geo.T, C), dtype=acc, device=u.device) if v is not None else None
+    if rows.N * rows.S == 0:  # nothing to sum (and no tiles to plan)
+        zero = torch.zeros(C, dtype=acc, device=u.device)
+        return (zero if want_sum_u else None, zero.clone() if v is not None else None)
+    geo = geometry(rows, single_ok=False)
+    sum_u_p = torch.empty((geo.P, C), dtype=acc, device=u.device) if want_sum_u else None
+    sum_uv_p = torch.empty((geo.P, C), dtype=acc, device=u.device) if v is not None else None
     mu_u, mu_v = _per_channel(mu_u, acc), _per_channel(mu_v, acc)
-    meta = geo.meta(hints=False)
+    meta = geo.meta()
     meta.update(
         HAS_GATE=gate is not None,
         HAS_MU_U=mu_u is not None,
@@ -930,7 +929,7 @@ def channel_sums(
     )
     _launch(
         channel_sums_kernel,
-        (geo.T * geo.CB,),
+        geo.grid,
         (
             uv.tensor,
             mu_u,
@@ -942,14 +941,16 @@ def channel_sums(
             rows.N,
             rows.S,
             C,
-            geo.SB,
             *rows.strides[0],
             *rows.strides[1],
             *rows.strides[2],
+            geo.SB,
+            geo.T,
+            geo.TPP,
         ),
         meta,
     )
-    # O(C * tiles) finishing sum over the partials (deterministic; no atomics).
+    # O(C * chunks) finishing sum over the partials (deterministic; no atomics).
     return (
         sum_u_p.sum(0) if sum_u_p is not None else None,
         sum_uv_p.sum(0) if sum_uv_p is not None else None,
@@ -987,8 +988,8 @@ def channel_affine(
     v2 = ncs_view(t2) if t2 is not None else ov
     gv = ncs_view(gate) if gate is not None else ov
     rows = rows_view(ov, v1, v2, gv)
-    geo = geometry(rows, one_tile_per_program=True)
-    meta = geo.meta(hints=False)
+    geo = geometry(rows, single_ok=False)
+    meta = geo.meta()
     meta.update(
         GATE=0 if gate is None else 2 if gate_output else 1,
         RELU=relu,
@@ -1001,7 +1002,7 @@ def channel_affine(
     )
     _launch(
         channel_affine_kernel,
-        (geo.T * geo.CB,),
+        geo.grid,
         (
             out,
             v1.tensor,
@@ -1015,11 +1016,13 @@ def channel_affine(
             rows.N,
             rows.S,
             rows.C,
-            geo.SB,
             *rows.strides[0],
             *rows.strides[1],
             *rows.strides[2],
             *rows.strides[3],
+            geo.SB,
+            geo.T,
+            geo.TPP,
         ),
         meta,
     )

@@ -1062,39 +1062,6 @@ def stats_merge_kernel(
     tl.store(var_ptr + offs_c, m2 / R, mask=m_c)
 
 
-@_device
-def _tile_of_program(
-    N, S, C, SB, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, WIDE: tl.constexpr
-):
-    """(tile index, n0, s0, c0) of a one-tile-per-program grid (channel blocks fastest)."""
-    CB = tl.cdiv(C, BLOCK_C)
-    pid = tl.program_id(0)
-    pid_c = pid % CB
-    t = pid // CB
-    nb, sb = _tile_start(t, SB, BLOCK_N, BLOCK_S, WIDE)
-    return t, nb * BLOCK_N, sb * BLOCK_S, pid_c * BLOCK_C
-
-
-@_device
-def _load_tile(
-    ptr,
-    n0,
-    s0,
-    c0,
-    mask,
-    sn,
-    ss,
-    sc,
-    BLOCK_N: tl.constexpr,
-    BLOCK_S: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    WIDE: tl.constexpr,
-    ACC: tl.constexpr,
-):
-    rel = _rel_offsets(sn, ss, sc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
-    return tl.load((ptr + _off(n0, s0, c0, sn, ss, sc, WIDE)) + rel, mask=mask, other=0.0).to(ACC)
-
-
 @triton.jit
 def channel_sums_kernel(
     u_ptr,
@@ -1107,7 +1074,6 @@ def channel_sums_kernel(
     N,
     S,
     C,
-    SB,
     sun,
     sus,
     suc,
@@ -1117,6 +1083,9 @@ def channel_sums_kernel(
     sgn,
     sgs,
     sgc,
+    SB,
+    T,
+    TPP,
     HAS_GATE: tl.constexpr,
     HAS_MU_U: tl.constexpr,
     HAS_V: tl.constexpr,
@@ -1131,39 +1100,68 @@ def channel_sums_kernel(
     WIDE: tl.constexpr,
     ONE_S_BLOCK: tl.constexpr,
     SAME_STRIDES: tl.constexpr,
+    VEC: tl.constexpr,
+    INNER_C: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    """Per (tile, channel) partial sums Σ a and Σ a·b with a = u - mu_u and b = v - mu_v (one tile each).
+    """Per (chunk, channel) partial sums Σ a and Σ a·b over a chunk of TPP tiles, with a = u - mu_u and
+    b = v - mu_v, into ``sum_u_p`` / ``sum_uv_p`` (P, C).
 
-    With HAS_GATE, ``a`` is zeroed where ``gate <= 0`` (a ReLU's mask). Centring on the channel mean before
-    multiplying keeps Σ dy·(x - mean) accurate for channels with a large mean. SAME_STRIDES: v and gate
-    have u's strides (ONE_S_BLOCK is accepted for a uniform launch interface).
+    With HAS_GATE, ``a`` is zeroed where ``gate <= 0`` (a ReLU's mask, letting NaN through as torch's
+    ``threshold_backward`` does). Centring on the channel mean before multiplying keeps Σ dy·(x - mean)
+    accurate for channels with a large mean. SAME_STRIDES: v and gate have u's strides.
     """
-    if SAME_STRIDES:
-        svn = sun
-        svs = sus
-        svc = suc
-        sgn = sun
-        sgs = sus
-        sgc = suc
-    t, n0, s0, c0 = _tile_of_program(N, S, C, SB, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
-    offs_c = c0 + tl.arange(0, BLOCK_C)
-    m_c = offs_c < C
-    mask = _tile_mask(n0, s0, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C)
-    a = _load_tile(u_ptr, n0, s0, c0, mask, sun, sus, suc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE, ACC)
+    pid_c, pid_p, c0, offs_c, m_c = _program(C, BLOCK_C)
+    sun, sus, suc = _aligned_strides(sun, sus, suc, VEC, INNER_C)
+    svn, svs, svc = _other_strides(sun, sus, suc, svn, svs, svc, SAME_STRIDES, VEC, INNER_C)
+    sgn, sgs, sgc = _other_strides(sun, sus, suc, sgn, sgs, sgc, SAME_STRIDES, VEC, INNER_C)
+    S, C = _aligned_extents(S, C, VEC, INNER_C)
+    rel_u = _rel_offsets(sun, sus, suc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+    rel_v = _other_rel(rel_u, svn, svs, svc, SAME_STRIDES, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+    rel_g = _other_rel(rel_u, sgn, sgs, sgc, SAME_STRIDES, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
     if HAS_MU_U:
-        a = tl.where(mask, a - tl.load(mu_u_ptr + offs_c, mask=m_c, other=0.0).to(ACC)[None, :], 0.0)
-    if HAS_GATE:
-        gate = _load_tile(gate_ptr, n0, s0, c0, mask, sgn, sgs, sgc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE, ACC)
-        a = tl.where(gate <= 0, 0.0, a)
-    p_out = t.to(tl.int64) * C + offs_c
+        mu_u = tl.load(mu_u_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
+    if HAS_MU_V:
+        mu_v = tl.load(mu_v_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
+    acc_a = tl.zeros([BLOCK_N * BLOCK_S, BLOCK_C], dtype=ACC)
+    acc_ab = tl.zeros([BLOCK_N * BLOCK_S, BLOCK_C], dtype=ACC)
+    t0 = pid_p * TPP
+    t1 = tl.minimum(t0 + TPP, T)
+    nb, sb = _tile_start(t0, SB, BLOCK_N, BLOCK_S, WIDE)
+    for _ in range(t0, t1):
+        n0 = nb * BLOCK_N
+        if ONE_S_BLOCK:
+            s0 = nb * 0
+        else:
+            s0 = sb * BLOCK_S
+        mask = _tile_mask(n0, s0, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C)
+        # rows masked off along N or S add exactly 0; lanes of channels past C are never stored
+        a = tl.load((u_ptr + _off(n0, s0, c0, sun, sus, suc, WIDE)) + rel_u, mask=mask, other=0.0).to(ACC)
+        if HAS_MU_U:
+            a = a - mu_u[None, :]
+            if MASK_N or MASK_S:
+                a = tl.where(mask, a, 0.0)
+        if HAS_GATE:
+            gate = tl.load((gate_ptr + _off(n0, s0, c0, sgn, sgs, sgc, WIDE)) + rel_g, mask=mask)
+            a = tl.where(gate <= 0, 0.0, a)
+        if WANT_SUM_U:
+            acc_a += a
+        if HAS_V:
+            b = tl.load((v_ptr + _off(n0, s0, c0, svn, svs, svc, WIDE)) + rel_v, mask=mask, other=0.0).to(ACC)
+            if HAS_MU_V:
+                b = b - mu_v[None, :]
+                if MASK_N or MASK_S:
+                    b = tl.where(mask, b, 0.0)
+            acc_ab += a * b
+        if ONE_S_BLOCK:
+            nb += 1
+        else:
+            nb, sb = _next_tile(nb, sb, SB)
+    p_out = pid_p.to(tl.int64) * C + offs_c
     if WANT_SUM_U:
-        tl.store(sum_u_p_ptr + p_out, _sum_nc(a), mask=m_c)
+        tl.store(sum_u_p_ptr + p_out, _sum_nc(acc_a), mask=m_c)
     if HAS_V:
-        b = _load_tile(v_ptr, n0, s0, c0, mask, svn, svs, svc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE, ACC)
-        if HAS_MU_V:
-            b = tl.where(mask, b - tl.load(mu_v_ptr + offs_c, mask=m_c, other=0.0).to(ACC)[None, :], 0.0)
-        tl.store(sum_uv_p_ptr + p_out, _sum_nc(a * b), mask=m_c)
+        tl.store(sum_uv_p_ptr + p_out, _sum_nc(acc_ab), mask=m_c)
 
 
 @triton.jit
@@ -1180,7 +1178,6 @@ def channel_affine_kernel(
     N,
     S,
     C,
-    SB,
     son,
     sos,
     soc,
@@ -1193,6 +1190,9 @@ def channel_affine_kernel(
     sgn,
     sgs,
     sgc,
+    SB,
+    T,
+    TPP,
     GATE: tl.constexpr,
     RELU: tl.constexpr,
     HAS_T1: tl.constexpr,
@@ -1209,49 +1209,76 @@ def channel_affine_kernel(
     WIDE: tl.constexpr,
     ONE_S_BLOCK: tl.constexpr,
     SAME_STRIDES: tl.constexpr,
+    VEC: tl.constexpr,
+    INNER_C: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    """out = a1[c]·(t1 - mu1[c]) + a2[c]·(t2 - mu2[c]) + g[c], every term optional (one tile per program).
+    """out = a1[c]·(t1 - mu1[c]) + a2[c]·(t2 - mu2[c]) + g[c], every term optional, over a chunk of TPP
+    tiles per program (the per-channel values are loaded once per program).
 
     Fused activations: RELU clamps the result at 0 (keeping NaN), and ``gate`` zeroes where gate <= 0 either
     ``t1`` (GATE == 1) or the whole output (GATE == 2: ReLU's derivative as a differentiable primitive).
     SAME_STRIDES: every operand has the output's strides.
     """
-    if SAME_STRIDES:
-        s1n = son
-        s1s = sos
-        s1c = soc
-        s2n = son
-        s2s = sos
-        s2c = soc
-        sgn = son
-        sgs = sos
-        sgc = soc
-    t, n0, s0, c0 = _tile_of_program(N, S, C, SB, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
-    offs_c = c0 + tl.arange(0, BLOCK_C)
-    m_c = offs_c < C
-    mask = _tile_mask(n0, s0, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C)
-    out = tl.zeros([BLOCK_N * BLOCK_S, BLOCK_C], dtype=ACC)
-    if GATE != 0:
-        gate = _load_tile(gate_ptr, n0, s0, c0, mask, sgn, sgs, sgc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE, ACC)
+    pid_c, pid_p, c0, offs_c, m_c = _program(C, BLOCK_C)
+    son, sos, soc = _aligned_strides(son, sos, soc, VEC, INNER_C)
+    s1n, s1s, s1c = _other_strides(son, sos, soc, s1n, s1s, s1c, SAME_STRIDES, VEC, INNER_C)
+    s2n, s2s, s2c = _other_strides(son, sos, soc, s2n, s2s, s2c, SAME_STRIDES, VEC, INNER_C)
+    sgn, sgs, sgc = _other_strides(son, sos, soc, sgn, sgs, sgc, SAME_STRIDES, VEC, INNER_C)
+    S, C = _aligned_extents(S, C, VEC, INNER_C)
+    rel_o = _rel_offsets(son, sos, soc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+    rel_1 = _other_rel(rel_o, s1n, s1s, s1c, SAME_STRIDES, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+    rel_2 = _other_rel(rel_o, s2n, s2s, s2c, SAME_STRIDES, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+    rel_g = _other_rel(rel_o, sgn, sgs, sgc, SAME_STRIDES, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
     if HAS_T1:
-        t1 = _load_tile(t1_ptr, n0, s0, c0, mask, s1n, s1s, s1c, BLOCK_N, BLOCK_S, BLOCK_C, WIDE, ACC)
+        a1 = tl.load(a1_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
         if HAS_MU1:
-            t1 = t1 - tl.load(mu1_ptr + offs_c, mask=m_c, other=0.0).to(ACC)[None, :]
-        if GATE == 1:
-            t1 = tl.where(gate <= 0, 0.0, t1)
-        out += t1 * tl.load(a1_ptr + offs_c, mask=m_c, other=0.0).to(ACC)[None, :]
+            mu1 = tl.load(mu1_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
     if HAS_T2:
-        t2 = _load_tile(t2_ptr, n0, s0, c0, mask, s2n, s2s, s2c, BLOCK_N, BLOCK_S, BLOCK_C, WIDE, ACC)
+        a2 = tl.load(a2_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
         if HAS_MU2:
-            t2 = t2 - tl.load(mu2_ptr + offs_c, mask=m_c, other=0.0).to(ACC)[None, :]
-        out += t2 * tl.load(a2_ptr + offs_c, mask=m_c, other=0.0).to(ACC)[None, :]
+            mu2 = tl.load(mu2_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
     if HAS_G:
-        out += tl.load(g_ptr + offs_c, mask=m_c, other=0.0).to(ACC)[None, :]
-    if RELU:
-        out = _relu(out)
-    if GATE == 2:
-        out = tl.where(gate <= 0, 0.0, out)
-    rel = _rel_offsets(son, sos, soc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
-    p_out = (out_ptr + _off(n0, s0, c0, son, sos, soc, WIDE)) + rel
-    tl.store(p_out, out.to(out_ptr.dtype.element_ty), mask=mask)
+        g = tl.load(g_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
+    t0 = pid_p * TPP
+    t1 = tl.minimum(t0 + TPP, T)
+    nb, sb = _tile_start(t0, SB, BLOCK_N, BLOCK_S, WIDE)
+    for _ in range(t0, t1):
+        n0 = nb * BLOCK_N
+        if ONE_S_BLOCK:
+            s0 = nb * 0
+        else:
+            s0 = sb * BLOCK_S
+        mask = _tile_mask(n0, s0, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C)
+        if GATE != 0:
+            gate = tl.load((gate_ptr + _off(n0, s0, c0, sgn, sgs, sgc, WIDE)) + rel_g, mask=mask)
+        out = tl.zeros([BLOCK_N * BLOCK_S, BLOCK_C], dtype=ACC)
+        if HAS_T1:
+            v1 = tl.load((t1_ptr + _off(n0, s0, c0, s1n, s1s, s1c, WIDE)) + rel_1, mask=mask).to(ACC)
+            if HAS_MU1:
+                v1 = v1 - mu1[None, :]
+            if GATE == 1:
+                v1 = tl.where(gate <= 0, 0.0, v1)
+            out = v1 * a1[None, :]
+        if HAS_T2:
+            v2 = tl.load((t2_ptr + _off(n0, s0, c0, s2n, s2s, s2c, WIDE)) + rel_2, mask=mask).to(ACC)
+            if HAS_MU2:
+                v2 = v2 - mu2[None, :]
+            if HAS_T1:
+                out += v2 * a2[None, :]
+            else:
+                out = v2 * a2[None, :]
+        if HAS_G:
+            if HAS_T1 or HAS_T2:
+                out += g[None, :]
+            else:
+                out += tl.broadcast_to(g[None, :], [BLOCK_N * BLOCK_S, BLOCK_C])
+        if RELU:
+            out = _relu(out)
+        if GATE == 2:
+            out = tl.where(gate <= 0, 0.0, out)
+        tl.store((out_ptr + _off(n0, s0, c0, son, sos, soc, WIDE)) + rel_o, out.to(out_ptr.dtype.element_ty), mask=mask)
+        if ONE_S_BLOCK:
+            nb += 1
+        else:
+            nb, sb = _next_tile(nb, sb, SB)
