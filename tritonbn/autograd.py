@@ -76,8 +76,9 @@ def _impl_of(*tensors: torch.Tensor | None):
     """:func:`_impl` for the first tensor, but :mod:`tritonbn.native` if any of them is batched by torch's
     legacy vmap (``torch.autograd.functional``'s ``vectorize=True``, ``autograd.grad``'s
     ``is_grads_batched``), which the kernels cannot read and which bypasses the vmap rules."""
-    if any(t is not None and native._legacy_batched(t) for t in tensors):
-        return native
+    for t in tensors:
+        if t is not None and native._legacy_batched(t):
+            return native
     return _impl(tensors[0])
 
 

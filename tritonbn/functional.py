@@ -43,6 +43,33 @@ def _check_inputs(input, running_mean, running_var, weight, bias, training, eps,
 
     ``dtypes=False`` leaves the dtypes of the parameters unchecked (the caller checks them its own way).
     """
+    if not _certainly_valid(input, running_mean, running_var, weight, bias, training, eps):
+        _find_invalid(input, running_mean, running_var, weight, bias, training, eps)
+    if dtypes:
+        _check_dtypes(input, running_mean, running_var, weight, bias, training, eps)
+
+
+def _certainly_valid(input, running_mean, running_var, weight, bias, training, eps) -> bool:
+    """The common case in a few attribute reads: True only where :func:`_find_invalid` raises nothing (False:
+    let it judge). (C,) parameters on the input's device, a supported dtype, eps > 0, and in training more
+    than one value per channel and both running statistics or neither; in evaluation both."""
+    if input.dim() < 2 or not eps > 0.0 or input.dtype not in _SUPPORTED_DTYPES:
+        return False
+    channels = input.shape[1]
+    if training:
+        if channels == 0 or input.numel() == channels or (running_mean is None) != (running_var is None):
+            return False
+    elif running_mean is None or running_var is None:
+        return False
+    shape, device = (channels,), input.device
+    for t in (running_mean, running_var, weight, bias):
+        if t is not None and (t.shape != shape or t.device != device):
+            return False
+    return True
+
+
+def _find_invalid(input, running_mean, running_var, weight, bias, training, eps) -> None:
+    """Every check of :func:`_check_inputs` but the dtypes', in torch's order."""
     if training and (input.dim() < 2 or input.shape[1] == 0 or input.numel() == input.shape[1]):
         # one value per channel, or a shape torch's check must judge (it is the only case it can raise)
         F._verify_batch_size(input.size())
@@ -74,8 +101,6 @@ def _check_inputs(input, running_mean, running_var, weight, bias, training, eps,
                 f"Expected all tensors to be on the same device, but found at least two devices, "
                 f"{device} and {t.device}!"
             )
-    if dtypes:
-        _check_dtypes(input, running_mean, running_var, weight, bias, training, eps)
 
 
 def _check_dtypes(input, running_mean, running_var, weight, bias, training, eps) -> None:
@@ -85,11 +110,17 @@ def _check_dtypes(input, running_mean, running_var, weight, bias, training, eps)
     input's device (its rules differ between devices, between its CPU training and evaluation kernels, and
     on CUDA between cuDNN and its native kernel): see :func:`_dtype_verdict`.
     """
+    dtype = input.dtype
+    if (
+        (running_mean is None or running_mean.dtype == dtype)
+        and (running_var is None or running_var.dtype == dtype)
+        and (weight is None or weight.dtype == dtype)
+        and (bias is None or bias.dtype == dtype)
+    ):
+        return
     if torch.compiler.is_compiling():
         return  # fake tensors: the custom op checks the real ones when it runs, as torch's own op does
     dtypes = tuple(None if t is None else t.dtype for t in (running_mean, running_var, weight, bias))
-    if all(d is None or d == input.dtype for d in dtypes):
-        return
     verdict = _dtype_verdict(input, dtypes, bool(training), float(eps))
     if verdict is not None:
         error_type, message = verdict

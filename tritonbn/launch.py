@@ -353,6 +353,12 @@ def _split(v: float) -> tuple[float, float]:
 
 
 @functools.lru_cache(maxsize=256)
+def _split3(a: float, b: float, c: float) -> tuple[float, float, float, float, float, float]:
+    """:func:`_split` of three values at once (a training forward's eps, momentum and unbiasing factor)."""
+    return (*_split(a), *_split(b), *_split(c))
+
+
+@functools.lru_cache(maxsize=256)
 def _split_cached(v: float) -> tuple[float, float]:
     hi = struct.unpack("f", struct.pack("f", v))[0] if math.isfinite(v) and abs(v) < 3e38 else v
     lo = v - hi if math.isfinite(v) else 0.0
@@ -396,8 +402,9 @@ def _strides_or_zero(rows: Rows, i: int) -> tuple[int, int, int]:
 
 
 def _unit_stride(t: torch.Tensor | None) -> torch.Tensor | None:
-    """A (C,) tensor the kernels can index as ``ptr + c``."""
-    if t is None or t.numel() <= 1 or t.stride(0) == 1:
+    """A (C,) tensor the kernels can index as ``ptr + c`` (1-d: contiguous means stride 1 or at most one
+    element)."""
+    if t is None or t.is_contiguous():
         return t
     return t.contiguous()
 
@@ -421,7 +428,7 @@ _PLAN_CACHE_SIZE = 4096
 def _new_like(x: torch.Tensor, stride: tuple[int, ...] | None, dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised tensor shaped like ``x``: with x's strides (``stride`` None), else ``stride``."""
     if stride is None:
-        return torch.empty_like(x, dtype=dtype)
+        return torch.empty_like(x) if dtype == x.dtype else torch.empty_like(x, dtype=dtype)
     return torch.empty_strided(x.shape, stride, dtype=dtype, device=x.device)
 
 
@@ -514,26 +521,27 @@ def bn_forward(
             plan = _forward_plan(x, residual, training, weight is not None, bias is not None, has_running, relu)
         else:
             _cache(_FORWARD_PLANS, key, plan)
+    # (C,) tensors the kernels index as ptr + c (a 1-d tensor is contiguous iff its stride is 1 or it has
+    # at most one element)
     if (
-        (weight is not None and weight.stride(0) != 1 and weight.numel() > 1)
-        or (bias is not None and bias.stride(0) != 1 and bias.numel() > 1)
-        or (has_running and (running_mean.stride(0) != 1 or running_var.stride(0) != 1) and x.shape[1] > 1)
+        (weight is not None and not weight.is_contiguous())
+        or (bias is not None and not bias.is_contiguous())
+        or (has_running and not (running_mean.is_contiguous() and running_var.is_contiguous()))
     ):
         return _strided_params_forward(
             x, weight, bias, running_mean, running_var, training, momentum, eps, residual, relu
         )
     y = _new_like(x, plan.out_stride, x.dtype)
-    stats = torch.empty((plan.ws_rows, x.shape[1]), dtype=plan.acc, device=x.device)
-    eps_hi, eps_lo = _split(eps)
+    stats = torch.empty(plan.ws_rows, x.shape[1], dtype=plan.acc, device=x.device)  # (sizes as varargs: faster)
     kernel, grid, ints, meta = plan.launches[0]
     if not training:
+        eps_hi, eps_lo = _split(eps)
         _launch(
             kernel, grid, (x, y, residual, weight, bias, running_mean, running_var, stats, *ints, eps_hi, eps_lo), meta
         )
         return y, stats
     locks = _locks(x.device, plan.lock_blocks) if plan.lock_blocks else None
-    mom_hi, mom_lo = _split(momentum)
-    unb_hi, unb_lo = _split(plan.extra[0])
+    eps_hi, eps_lo, mom_hi, mom_lo, unb_hi, unb_lo = _split3(eps, momentum, plan.extra[0])
     _launch(
         kernel,
         grid,
@@ -668,13 +676,16 @@ def backward_passes(
             dx = _new_like(x, plan.out_stride, x.dtype)
         if need_residual:
             dres = _new_like(x, plan.out_stride, grad_output.dtype)
-    dw = torch.empty(C, dtype=weight.dtype, device=device) if need_weight else None
-    db = (
-        torch.empty(C, dtype=bias_dtype or (weight.dtype if weight is not None else plan.acc), device=device)
-        if need_bias
-        else None
-    )
-    coef = torch.empty((plan.ws_rows, C), dtype=plan.acc, device=device) if plan.ws_rows else None
+    # (weight is a (C,) unit-stride tensor: empty_like is the cheapest allocation of its kind)
+    dw = torch.empty_like(weight) if need_weight else None
+    db = None
+    if need_bias:
+        db_dtype = bias_dtype or (weight.dtype if weight is not None else plan.acc)
+        if weight is not None and db_dtype == weight.dtype:
+            db = torch.empty_like(weight)
+        else:
+            db = torch.empty(C, dtype=db_dtype, device=device)
+    coef = torch.empty(plan.ws_rows, C, dtype=plan.acc, device=device) if plan.ws_rows else None
     for kernel, grid, ints, meta in plan.launches:
         if kernel is bn_backward_reduce_kernel:
             locks = _locks(device, plan.lock_blocks) if plan.lock_blocks else None
