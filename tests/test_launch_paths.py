@@ -37,6 +37,10 @@ SHAPES = {
     "nchw-pow2": ((4, 3, 4, 4), "contiguous"),
     # S = 12: strides and S multiples of 4, not 16 (the kernels are told VEC = 4 and mask S)
     "nchw-vec4": ((3, 2, 3, 4), "contiguous"),
+    # S = 9: every (n, c) plane unaligned, C·S = 36 a multiple of 4: the elementwise passes read FLAT
+    # n x (c·S + s) tiles (masks on the flat axis); and C·S = 400 over two flat blocks, a channel straddling
+    "nchw-flat": ((5, 4, 3, 3), "contiguous"),
+    "nchw-flat-wide": ((3, 16, 5, 5), "contiguous"),
     # channels_last with C not a power of two (masks on C)
     "nhwc": ((3, 5, 3, 3), "channels_last"),
     # C = 12: VEC = 4 with masks on C
@@ -96,10 +100,11 @@ def test_train_paths_other_dtypes(kernels, tile_policy, policy, dtype):
     tile_policy(**POLICIES[policy])
     _check_pass(kernels, dtype, (4, 3, 3, 3), "channels_last")
     _check_pass(kernels, dtype, (3, 2, 5), "contiguous")
+    _check_pass(kernels, dtype, *SHAPES["nchw-flat"])
 
 
 @pytest.mark.parametrize("policy", ["one-tile", "many-chunks", "chunk-loops"])
-@pytest.mark.parametrize("shape_name", ["nchw-odd", "nhwc", "strided"])
+@pytest.mark.parametrize("shape_name", ["nchw-odd", "nchw-flat", "nhwc", "strided"])
 def test_fused_add_relu_paths(kernels, tile_policy, policy, shape_name):
     tile_policy(**POLICIES[policy])
     shape, layout = SHAPES[shape_name]
@@ -108,13 +113,16 @@ def test_fused_add_relu_paths(kernels, tile_policy, policy, shape_name):
 
 @pytest.mark.parametrize("policy", ["one-tile", "many-chunks", "chunk-loops"])
 @pytest.mark.parametrize("detach", [False, True], ids=["eval", "detached"])
-def test_eval_and_detached_paths(kernels, tile_policy, policy, detach):
+@pytest.mark.parametrize("shape_name", ["nchw-odd", "nchw-flat-wide"])
+def test_eval_and_detached_paths(kernels, tile_policy, policy, detach, shape_name):
     """Constant statistics: dx is written by the reduction pass itself (one backward launch)."""
     tile_policy(**POLICIES[policy])
-    x = make_input((5, 3, 3, 5), torch.float32, kernels).requires_grad_()
-    w = (torch.rand(3, device=kernels) + 0.5).requires_grad_()
-    b = torch.randn(3, device=kernels).requires_grad_()
-    rm, rv = torch.randn(3, device=kernels), torch.rand(3, device=kernels) + 0.5
+    shape, _ = SHAPES[shape_name]
+    C = shape[1]
+    x = make_input(shape, torch.float32, kernels).requires_grad_()
+    w = (torch.rand(C, device=kernels) + 0.5).requires_grad_()
+    b = torch.randn(C, device=kernels).requires_grad_()
+    rm, rv = torch.randn(C, device=kernels), torch.rand(C, device=kernels) + 0.5
     y = tritonbn.batch_norm(x, rm, rv, w, b, training=detach, detach_stats=detach)
     dy = torch.randn_like(y)
     dx, dw, db = torch.autograd.grad(y, (x, w, b), dy)
@@ -163,6 +171,51 @@ def test_repeated_calls_reuse_their_plan(kernels):
         torch.autograd.grad(y, x, torch.randn_like(y))
     assert len(launch._FORWARD_PLANS) == 1
     assert len(launch._BACKWARD_PLANS) == 1
+
+
+@pytest.mark.parametrize(
+    "shape, layout, flat, vec",
+    [
+        ((256, 512, 7, 7), "contiguous", True, 16),  # S = 49: scalar along S, C·S = 25088 = 2^9 · 49
+        ((32, 2048, 7, 7), "contiguous", True, 16),
+        ((32, 256, 14, 14), "contiguous", True, 16),  # S = 196: 4 elements along S, 16 flat
+        ((32, 64, 56, 56), "contiguous", False, 16),  # already 16 along S
+        ((32, 3, 7, 7), "contiguous", False, 1),  # C·S = 147: nothing aligned either way
+        ((2, 16, 7, 7), "contiguous", False, 1),  # one tile per flat block: no loop to spread its setup
+        ((32, 512, 7, 7), "channels_last", False, 16),  # tiles along C already
+        ((4, 2, 2049, 2049), "contiguous", False, 1),  # C·S beyond 2^22: the float division's bound
+    ],
+)
+def test_flat_elementwise_passes(tile_policy, shape, layout, flat, vec):
+    """The elementwise passes (normalise, dx) tile NC... tensors as n x (c·S + s) when that widens their
+    accesses and each program loops over tiles (the GPU's tile policy); the FLAT arguments address every
+    element once."""
+    tile_policy(tile=2048, programs=1024, min_tiles=4, min_programs=256)
+    x = torch.empty(shape, device="meta")
+    x = x.to(memory_format=torch.channels_last) if layout == "channels_last" else x
+    rows = launch.rows_view(launch.ncs_view(x), launch.ncs_view(torch.empty_like(x)))
+    geo, ints, is_flat = launch.elementwise_launch(rows, False, 3)
+    assert (is_flat, geo.VEC) == (flat, vec)
+    sizes, (tpp, table_channels, positions) = ints[:3], ints[-3:]
+    assert table_channels == shape[1] and tpp == geo.TPP
+    if flat:
+        assert (*sizes, positions) == (1, shape[0], rows.C * rows.S, rows.S) and geo.INNER_C and geo.TPP >= 2
+        assert ints[3:6] == (0, rows.strides[0][0], 1)  # (n: the tile rows, then the flat axis of stride 1)
+
+
+def test_flat_channel_of_a_lane_is_exact():
+    """A FLAT lane's channel, trunc((f + 1/2)·(1/CS)) in float32 (fused or not), is f // CS for every f
+    below the launcher's bound (2^22) -- spatial sizes of every kind."""
+    import numpy as np
+
+    f = np.arange(launch.FLAT_MAX_PLANE, dtype=np.int64)
+    f32 = f.astype(np.float32)
+    for cs in (2, 3, 7, 9, 25, 49, 196, 225, 3136, 12544, 99991, launch.FLAT_MAX_PLANE // 2 - 1):
+        inv = np.float32(1.0) / np.float32(cs)
+        half = np.float32(0.5) * inv
+        separate = (f32 * inv + half).astype(np.int64)
+        fused = (f.astype(np.float64) * np.float64(inv) + np.float64(half)).astype(np.float32).astype(np.int64)
+        assert np.array_equal(separate, f // cs) and np.array_equal(fused, f // cs), cs
 
 
 @pytest.mark.parametrize(

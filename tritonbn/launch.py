@@ -132,6 +132,12 @@ MERGE_MAX_VALUES = 16384
 MERGE_BLOCK_VALUES = 4096
 """Partials x channels a merging program loads per step (more partials: a loop)."""
 NUM_WARPS = 4
+FLAT_BLOCK_C = 256
+"""Lanes along the contiguous (channel·position) axis of a FLAT tile (see :func:`elementwise_launch`): each
+lane's channel is found once per program, so wide tiles spread that cost."""
+FLAT_MAX_PLANE = 1 << 22
+"""FLAT tiles need C·S (plus a tile's overhang) below this: the kernels find a lane's channel with a float32
+division that is exact up to 2^22."""
 MIN_UNMASKED_RUN = 16
 """Channels-outermost tiles take position blocks that divide S (no mask on S) when S has a power-of-two
 factor of at least this many positions (a contiguous run of 32 bytes or more per sample) and the tile stays
@@ -257,12 +263,14 @@ def geometry(
     *,
     single_ok: bool = True,
     wide_acc: bool = False,
+    flat: bool = False,
 ) -> Geometry:
     """Tile shape and grid for a pass over ``rows`` (see the module and kernels' docstrings).
 
     Channels innermost (stride 1, as in channels_last and (N, C) inputs): tiles of up to 64 channels by
     rows, read along C. Channels outermost (NC... layouts): one channel by a block of samples x positions,
-    read along the positions; S gets its own tile axis, so no element index is divided.
+    read along the positions; S gets its own tile axis, so no element index is divided. ``flat``: ``rows``
+    is a FLAT view (:func:`flat_rows`), tiles up to FLAT_BLOCK_C lanes wide.
     """
     N, S, C = rows.N, rows.S, rows.C
     sn, ss, sc = rows.strides[0]
@@ -302,7 +310,7 @@ def geometry(
                 inner,
             )
     tile = TILE_ELEMENTS // width
-    bc = min(pc, 64) if inner else 1
+    bc = min(pc, FLAT_BLOCK_C if flat else 64) if inner else 1
     bs = min(ps, max(1, tile // bc))
     bn = min(pn, max(1, tile // (bc * bs)))
     run = min(S & -S, tile)  # the largest power of two dividing S
@@ -338,6 +346,41 @@ def geometry(
         vec,
         inner,
     )
+
+
+def flat_rows(rows: Rows) -> Rows | None:
+    """``rows`` seen as N samples x one axis of C·S (channel, position) values, when in every tensor that
+    plane is contiguous (positions of stride 1, channels of stride S: NC... layouts); else None.
+
+    An elementwise pass (normalise, dx) then tiles along that axis: in NCHW with S = 7 x 7 each (n, c)
+    plane starts unaligned and a tile along S must be read one element at a time, while C·S is aligned
+    whenever C has a power-of-two factor."""
+    N, S, C = rows.N, rows.S, rows.C
+    if S < 2 or C < 2 or C * S + FLAT_BLOCK_C > FLAT_MAX_PLANE:
+        return None
+    if any(ss != 1 or sc != S for _, ss, sc in rows.strides):
+        return None
+    return Rows(1, N, C * S, tuple((0, sn, 1) for sn, _, _ in rows.strides))
+
+
+def elementwise_launch(rows: Rows, wide_acc: bool, tensors: int) -> tuple[Geometry, tuple[int, ...], bool]:
+    """(geometry, leading integer arguments, FLAT) of an elementwise pass over ``rows``.
+
+    The arguments are ``N, S, C, (sn, ss, sc) per tensor, SB, T, TPP, CR, CS``: the tiles' sizes, the strides
+    of ``tensors`` tensors (zeros for those ``rows`` lacks), then the per-channel tables' length CR and, with
+    FLAT, the positions per channel CS. FLAT (:func:`flat_rows`) is taken when its accesses are wider than
+    those of the N x S x C tiles and each program loops over at least two tiles (its lanes' channels and
+    per-channel values are found once per program)."""
+    geo = geometry(rows, single_ok=False, wide_acc=wide_acc)
+    view, flat, cs = rows, False, 1
+    frows = flat_rows(rows) if geo.VEC < 16 else None
+    if frows is not None:
+        fgeo = geometry(frows, single_ok=False, wide_acc=wide_acc, flat=True)
+        if fgeo.VEC > geo.VEC and fgeo.TPP >= 2:
+            geo, view, flat, cs = fgeo, frows, True, rows.S
+    strides = (*view.strides, *((0, 0, 0),) * (tensors - len(view.strides)))
+    ints = (view.N, view.S, view.C, *(v for st in strides for v in st), geo.SB, geo.T, geo.TPP, rows.C, cs)
+    return geo, ints, flat
 
 
 def one_tile(x: torch.Tensor) -> bool:
@@ -459,17 +502,18 @@ def _forward_plan(x, residual, training, has_w, has_b, has_running, relu) -> _Pl
     ints = (rows.N, rows.S, rows.C, *rows.strides[0], *rows.strides[1], *_strides_or_zero(rows, 2))
     flags = {"HAS_W": has_w, "HAS_B": has_b, "HAS_RES": residual is not None, "RELU": relu, "ACC": _tl_acc(acc)}
     if not training:
-        geo = geometry(rows, single_ok=False, wide_acc=acc == torch.float64)
-        meta = {**geo.meta(), **flags, "EVAL": True}
-        launch = (bn_forward_apply_kernel, geo.grid, (*ints, geo.SB, geo.T, geo.TPP), meta)
+        geo, eints, flat = elementwise_launch(rows, acc == torch.float64, 3)
+        meta = {**geo.meta(), **flags, "FLAT": flat, "EVAL": True}
+        launch = (bn_forward_apply_kernel, geo.grid, eints, meta)
         return _Plan(None if y.stride() == x.stride() else y.stride(), 4, acc, 0, (launch,), ())
     geo = geometry(rows, wide_acc=acc == torch.float64)
     M = rows.N * rows.S
     meta = {**geo.meta(), **flags, "SINGLE": geo.single, "HAS_RUNNING": has_running, "BLOCK_P": geo.block_p}
     launches = [(bn_forward_stats_kernel, geo.grid, (*ints, geo.SB, geo.T, geo.TPP, geo.P, M), meta)]
     if not geo.single:
-        meta2 = {**geo.meta(), **flags, "EVAL": False}
-        launches.append((bn_forward_apply_kernel, geo.grid, (*ints, geo.SB, geo.T, geo.TPP), meta2))
+        geo2, eints, flat = elementwise_launch(rows, acc == torch.float64, 3)
+        meta2 = {**geo2.meta(), **flags, "FLAT": flat, "EVAL": False}
+        launches.append((bn_forward_apply_kernel, geo2.grid, eints, meta2))
     ws_rows = 4 if geo.single else 4 + 3 * geo.P
     out_stride = None if y.stride() == x.stride() else y.stride()
     return _Plan(
@@ -737,15 +781,16 @@ def _backward_plan(dy, x, gate, stats_grad, need_input, need_weight, need_bias, 
         lock_blocks = 0 if geo.single else geo.CB
         rest = writes and not in_pass
     if rest:
-        geo = geometry(rows, single_ok=False, wide_acc=acc == torch.float64)
+        geo, eints, flat = elementwise_launch(rows, acc == torch.float64, 4)
         meta = {
             **geo.meta(),
             **flags,
+            "FLAT": flat,
             "STATS_GRAD": stats_grad and need_sums,
             "WRITE_DX": need_input,
             "WRITE_DRES": need_residual,
         }
-        launches.append((bn_backward_dx_kernel, geo.grid, (*ints, geo.SB, geo.T, geo.TPP), meta))
+        launches.append((bn_backward_dx_kernel, geo.grid, eints, meta))
     out_stride = None if out is None or out.stride() == x.stride() else out.stride()
     return _Plan(out_stride, ws_rows, acc, lock_blocks, tuple(launches), ())
 
@@ -769,9 +814,10 @@ def bn_backward_dx(
     dres = torch.empty_like(dx, dtype=grad_output.dtype) if write_dres else None
     yv = ncs_view(relu_output) if relu_output is not None else xv
     rows = rows_view(gv, xv, yv, ncs_view(dx))
-    geo = geometry(rows, single_ok=False, wide_acc=x.dtype == torch.float64)
+    geo, ints, flat = elementwise_launch(rows, x.dtype == torch.float64, 4)
     meta = {
         **geo.meta(),
+        "FLAT": flat,
         "STATS_GRAD": True,
         "GATE": relu_output is not None,
         "WRITE_DX": True,
@@ -779,7 +825,6 @@ def bn_backward_dx(
         "HAS_W": False,
         "ACC": _tl_acc(acc_dtype(x.dtype)),
     }
-    ints = (rows.N, rows.S, rows.C, *(v for st in rows.strides for v in st), geo.SB, geo.T, geo.TPP)
     _launch(
         bn_backward_dx_kernel,
         geo.grid,
@@ -819,9 +864,10 @@ def bn_apply(
     y = _empty_output(xv.tensor, x.dtype)
     views = [xv, ncs_view(y)] + ([ncs_view(residual)] if residual is not None else [])
     rows = rows_view(*views)
-    geo = geometry(rows, single_ok=False, wide_acc=x.dtype == torch.float64)
+    geo, ints, flat = elementwise_launch(rows, x.dtype == torch.float64, 3)
     meta = geo.meta()
     meta.update(
+        FLAT=flat,
         EVAL=False,
         HAS_W=False,
         HAS_B=bias is not None,
@@ -841,15 +887,7 @@ def bn_apply(
             None,
             None,
             stats.contiguous(),
-            rows.N,
-            rows.S,
-            rows.C,
-            *rows.strides[0],
-            *rows.strides[1],
-            *_strides_or_zero(rows, 2),
-            geo.SB,
-            geo.T,
-            geo.TPP,
+            *ints,
             0.0,
             0.0,
         ),

@@ -12,6 +12,12 @@ work. ``MASK_N/MASK_S/MASK_C`` are set only for the axes a tile can overhang: a 
 multiples of the tile runs without masks, and unit strides are specialised by Triton, so contiguous axes
 get vector loads wherever alignment allows.
 
+The elementwise kernels (normalise, dx) also take a FLAT view: in NC... layouts every sample's (channel,
+position) plane is one contiguous axis of C·S values, aligned wherever C·S has a power-of-two factor even
+when S itself is odd (7 x 7), so the launcher may pass N x 1 x C·S with the channels axis standing for
+that flat axis; each lane then finds its channel (:func:`_lane_channels`) and gathers its per-channel
+values once per program.
+
 Programs and passes
 -------------------
 Programs cover (chunk, channel-block) pairs on a flat 1-d grid, channel blocks varying fastest; a chunk is
@@ -32,8 +38,8 @@ semantics after a CTA barrier, as CUTLASS's semaphore does). The ticket only ele
 itself reads the partials in a fixed order, so results are bit-for-bit deterministic. The ticket is reset
 by the program that takes it, so the launcher keeps one zeroed ticket buffer per device and stream.
 
-The generic :func:`channel_sums_kernel` and :func:`channel_affine_kernel` serve the differentiable
-primitives of the double backward and SyncBatchNorm's cross-rank passes.
+The generic :func:`channel_sums_kernel` and :func:`channel_affine_kernel` (the same grid of chunks) serve
+the differentiable primitives of the double backward.
 """
 
 # Constexpr branches stay statements (one per specialisation), not conditional expressions.
@@ -341,6 +347,24 @@ def _program(C, BLOCK_C: tl.constexpr):
 
 
 @_device
+def _lane_channels(offs_c, CS, FLAT: tl.constexpr):
+    """The channel of each lane of the tile's channel axis: the lane itself, or with FLAT its flat index
+    f // CS. FLAT (elementwise kernels on NC... layouts whose spatial size breaks the alignment of each
+    (n, c) plane, e.g. 7 x 7): the launcher views every (n, c, s) as n x (c·CS + s), one contiguous axis
+    that the tiles read 8-16 bytes at a time; a lane's per-channel values are gathered once per program,
+    not per element.
+
+    The quotient is ``trunc((f + 1/2)·(1/CS))`` in float32 (three instructions, not an integer division's
+    twenty): (f + 1/2)/CS lies at least 1/(2·CS) from an integer, and the float32 error of the product is
+    below f·2^-23/CS, so the result is exact for f < 2^22 (the launcher's bound on C·S for FLAT)."""
+    if FLAT:
+        inv = 1.0 / CS.to(tl.float32)
+        return (offs_c.to(tl.float32) * inv + 0.5 * inv).to(tl.int32)
+    else:
+        return offs_c
+
+
+@_device
 def _off(n0, s0, c0, stride_n, stride_s, stride_c, WIDE: tl.constexpr):
     """Offset of element (n0, s0, c0): int32, or int64 with WIDE (tensors spanning 2^31 elements or more)."""
     if WIDE:
@@ -594,6 +618,8 @@ def bn_forward_apply_kernel(
     SB,
     T,
     TPP,
+    CR,
+    CS,
     eps_hi,
     eps_lo,
     BLOCK_N: tl.constexpr,
@@ -607,6 +633,7 @@ def bn_forward_apply_kernel(
     SAME_STRIDES: tl.constexpr,
     VEC: tl.constexpr,
     INNER_C: tl.constexpr,
+    FLAT: tl.constexpr,
     EVAL: tl.constexpr,
     HAS_W: tl.constexpr,
     HAS_B: tl.constexpr,
@@ -619,30 +646,33 @@ def bn_forward_apply_kernel(
 
     Training: mean and scale come from ``stats`` (written by the statistics kernel). EVAL: from the running
     statistics, ``invstd = 1 / sqrt(running_var + eps)``, and the programs of the first chunk write
-    ``stats`` (mean, invstd, scale, running var) for the backward.
+    ``stats`` (mean, invstd, scale, running var) for the backward. The per-channel tables have CR channels
+    (C, unless FLAT: see :func:`_lane_channels`).
     """
     pid_c, pid_p, c0, offs_c, m_c = _program(C, BLOCK_C)
+    ch = _lane_channels(offs_c, CS, FLAT)
     sxn, sxs, sxc = _aligned_strides(sxn, sxs, sxc, VEC, INNER_C)
     syn, sys_, syc = _other_strides(sxn, sxs, sxc, syn, sys_, syc, SAME_STRIDES, VEC, INNER_C)
     srn, srs, src = _other_strides(sxn, sxs, sxc, srn, srs, src, SAME_STRIDES, VEC, INNER_C)
     S, C = _aligned_extents(S, C, VEC, INNER_C)
     if EVAL:
-        mean = tl.load(rm_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
-        var = tl.load(rv_ptr + offs_c, mask=m_c, other=1.0).to(ACC)
+        mean = tl.load(rm_ptr + ch, mask=m_c, other=0.0).to(ACC)
+        var = tl.load(rv_ptr + ch, mask=m_c, other=1.0).to(ACC)
         invstd = _invstd(var, _split_scalar(eps_hi, eps_lo, ACC), ACC)
         scale = invstd
         if HAS_W:
-            scale = scale * tl.load(w_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
+            scale = scale * tl.load(w_ptr + ch, mask=m_c, other=0.0).to(ACC)
         if pid_p == 0:
-            tl.store(stats_ptr + offs_c, mean, mask=m_c)
-            tl.store(stats_ptr + C + offs_c, invstd, mask=m_c)
-            tl.store(stats_ptr + 2 * C + offs_c, scale, mask=m_c)
-            tl.store(stats_ptr + 3 * C + offs_c, var, mask=m_c)
+            # (FLAT: the lanes of one channel store the same values)
+            tl.store(stats_ptr + ch, mean, mask=m_c)
+            tl.store(stats_ptr + CR + ch, invstd, mask=m_c)
+            tl.store(stats_ptr + 2 * CR + ch, scale, mask=m_c)
+            tl.store(stats_ptr + 3 * CR + ch, var, mask=m_c)
     else:
-        mean = tl.load(stats_ptr + offs_c, mask=m_c, other=0.0)
-        scale = tl.load(stats_ptr + 2 * C + offs_c, mask=m_c, other=0.0)
+        mean = tl.load(stats_ptr + ch, mask=m_c, other=0.0)
+        scale = tl.load(stats_ptr + 2 * CR + ch, mask=m_c, other=0.0)
     if HAS_B:
-        bias = tl.load(b_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
+        bias = tl.load(b_ptr + ch, mask=m_c, other=0.0).to(ACC)
     else:
         bias = mean * 0.0
     rel_x = _rel_offsets(sxn, sxs, sxc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
@@ -934,6 +964,8 @@ def bn_backward_dx_kernel(
     SB,
     T,
     TPP,
+    CR,
+    CS,
     BLOCK_N: tl.constexpr,
     BLOCK_S: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -945,6 +977,7 @@ def bn_backward_dx_kernel(
     SAME_STRIDES: tl.constexpr,
     VEC: tl.constexpr,
     INNER_C: tl.constexpr,
+    FLAT: tl.constexpr,
     STATS_GRAD: tl.constexpr,
     GATE: tl.constexpr,
     WRITE_DX: tl.constexpr,
@@ -956,23 +989,25 @@ def bn_backward_dx_kernel(
 
     With STATS_GRAD the coefficients come from ``coef`` (written by the reduction kernel); otherwise
     dx = weight·invstd·g from ``stats`` directly (eval, detached statistics: no reduction pass needed).
-    WRITE_DRES also writes g, a fused add + ReLU's residual gradient (with the strides of dx).
+    WRITE_DRES also writes g, a fused add + ReLU's residual gradient (with the strides of dx). The per-channel
+    tables have CR channels (C, unless FLAT: see :func:`_lane_channels`).
     """
     pid_c, pid_p, c0, offs_c, m_c = _program(C, BLOCK_C)
+    ch = _lane_channels(offs_c, CS, FLAT)
     sgn, sgs, sgc = _aligned_strides(sgn, sgs, sgc, VEC, INNER_C)
     sxn, sxs, sxc = _other_strides(sgn, sgs, sgc, sxn, sxs, sxc, SAME_STRIDES, VEC, INNER_C)
     syn, sys_, syc = _other_strides(sgn, sgs, sgc, syn, sys_, syc, SAME_STRIDES, VEC, INNER_C)
     sdn, sds, sdc = _other_strides(sgn, sgs, sgc, sdn, sds, sdc, SAME_STRIDES, VEC, INNER_C)
     S, C = _aligned_extents(S, C, VEC, INNER_C)
     if STATS_GRAD:
-        scale = tl.load(coef_ptr + offs_c, mask=m_c, other=0.0)
-        beta = tl.load(coef_ptr + C + offs_c, mask=m_c, other=0.0)
-        gamma = tl.load(coef_ptr + 2 * C + offs_c, mask=m_c, other=0.0)
-        mean = tl.load(stats_ptr + offs_c, mask=m_c, other=0.0)
+        scale = tl.load(coef_ptr + ch, mask=m_c, other=0.0)
+        beta = tl.load(coef_ptr + CR + ch, mask=m_c, other=0.0)
+        gamma = tl.load(coef_ptr + 2 * CR + ch, mask=m_c, other=0.0)
+        mean = tl.load(stats_ptr + ch, mask=m_c, other=0.0)
     else:
-        scale = tl.load(stats_ptr + C + offs_c, mask=m_c, other=0.0)
+        scale = tl.load(stats_ptr + CR + ch, mask=m_c, other=0.0)
         if HAS_W:
-            scale = scale * tl.load(w_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
+            scale = scale * tl.load(w_ptr + ch, mask=m_c, other=0.0).to(ACC)
     rel_g = _rel_offsets(sgn, sgs, sgc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
     rel_x = _other_rel(rel_g, sxn, sxs, sxc, SAME_STRIDES, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
     rel_y = _other_rel(rel_g, syn, sys_, syc, SAME_STRIDES, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
