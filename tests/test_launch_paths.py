@@ -204,18 +204,23 @@ def test_flat_elementwise_passes(tile_policy, shape, layout, flat, vec):
 
 
 def test_flat_channel_of_a_lane_is_exact():
-    """A FLAT lane's channel, trunc((f + 1/2)·(1/CS)) in float32 (fused or not), is f // CS for every f
-    below the launcher's bound (2^22) -- spatial sizes of every kind."""
+    """A FLAT lane's channel -- trunc((f + 1/2)·r) in float32 with r within 2 ulp of 1/CS (the GPU's division
+    is not correctly rounded), corrected once by the remainder -- is f // CS for every f below the
+    launcher's bound (2^22), for spatial sizes of every kind and every reciprocal the hardware may give."""
     import numpy as np
 
     f = np.arange(launch.FLAT_MAX_PLANE, dtype=np.int64)
     f32 = f.astype(np.float32)
-    for cs in (2, 3, 7, 9, 25, 49, 196, 225, 3136, 12544, 99991, launch.FLAT_MAX_PLANE // 2 - 1):
-        inv = np.float32(1.0) / np.float32(cs)
-        half = np.float32(0.5) * inv
-        separate = (f32 * inv + half).astype(np.int64)
-        fused = (f.astype(np.float64) * np.float64(inv) + np.float64(half)).astype(np.float32).astype(np.int64)
-        assert np.array_equal(separate, f // cs) and np.array_equal(fused, f // cs), cs
+    for cs in (2, 3, 7, 9, 25, 49, 196, 225, 961, 4095, 5329, 12321, 99991, launch.FLAT_MAX_PLANE // 2 - 1):
+        exact = np.float32(1.0) / np.float32(cs)
+        for ulps in (-2, -1, 0, 1, 2):
+            r = exact
+            for _ in range(abs(ulps)):
+                r = np.nextafter(r, np.float32(np.inf if ulps > 0 else 0), dtype=np.float32)
+            q = (f32 * r + np.float32(0.5) * r).astype(np.int64)  # (unfused; fused differs by < 1 ulp)
+            rem = f - q * cs
+            q += (rem >= cs).astype(np.int64) - (rem < 0).astype(np.int64)
+            assert np.array_equal(q, f // cs), (cs, ulps)
 
 
 @pytest.mark.parametrize(

@@ -136,8 +136,8 @@ FLAT_BLOCK_C = 256
 """Lanes along the contiguous (channel·position) axis of a FLAT tile (see :func:`elementwise_launch`): each
 lane's channel is found once per program, so wide tiles spread that cost."""
 FLAT_MAX_PLANE = 1 << 22
-"""FLAT tiles need C·S (plus a tile's overhang) below this: the kernels find a lane's channel with a float32
-division that is exact up to 2^22."""
+"""FLAT tiles need C·S (plus a tile's overhang) below this: the kernels estimate a lane's channel with a
+float32 division and correct it once, which is exact below 2^22."""
 MIN_UNMASKED_RUN = 16
 """Channels-outermost tiles take position blocks that divide S (no mask on S) when S has a power-of-two
 factor of at least this many positions (a contiguous run of 32 bytes or more per sample) and the tile stays
@@ -960,10 +960,10 @@ def channel_sums(
     gv = ncs_view(gate) if gate is not None else uv
     rows = rows_view(uv, vv, gv)
     C = rows.C
-    if rows.N * rows.S == 0:  # nothing to sum (and no tiles to plan)
+    if rows.N * rows.S * C == 0:  # nothing to sum (and no tiles to plan)
         zero = torch.zeros(C, dtype=acc, device=u.device)
         return (zero if want_sum_u else None, zero.clone() if v is not None else None)
-    geo = geometry(rows, single_ok=False)
+    geo = geometry(rows, single_ok=False, wide_acc=acc == torch.float64)
     sum_u_p = torch.empty((geo.P, C), dtype=acc, device=u.device) if want_sum_u else None
     sum_uv_p = torch.empty((geo.P, C), dtype=acc, device=u.device) if v is not None else None
     mu_u, mu_v = _per_channel(mu_u, acc), _per_channel(mu_v, acc)
@@ -1037,7 +1037,7 @@ def channel_affine(
     v2 = ncs_view(t2) if t2 is not None else ov
     gv = ncs_view(gate) if gate is not None else ov
     rows = rows_view(ov, v1, v2, gv)
-    geo = geometry(rows, single_ok=False)
+    geo = geometry(rows, single_ok=False, wide_acc=acc == torch.float64)
     meta = geo.meta()
     meta.update(
         GATE=0 if gate is None else 2 if gate_output else 1,

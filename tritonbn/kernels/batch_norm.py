@@ -14,9 +14,9 @@ get vector loads wherever alignment allows.
 
 The elementwise kernels (normalise, dx) also take a FLAT view: in NC... layouts every sample's (channel,
 position) plane is one contiguous axis of C·S values, aligned wherever C·S has a power-of-two factor even
-when S itself is odd (7 x 7), so the launcher may pass N x 1 x C·S with the channels axis standing for
-that flat axis; each lane then finds its channel (:func:`_lane_channels`) and gathers its per-channel
-values once per program.
+when S itself is odd (7 x 7), so the launcher may pass 1 x N x C·S (the samples on the position axis, the
+flat axis on the channel axis); each lane then finds its channel (:func:`_lane_channels`) and gathers its
+per-channel values once per program.
 
 Programs and passes
 -------------------
@@ -349,17 +349,20 @@ def _program(C, BLOCK_C: tl.constexpr):
 @_device
 def _lane_channels(offs_c, CS, FLAT: tl.constexpr):
     """The channel of each lane of the tile's channel axis: the lane itself, or with FLAT its flat index
-    f // CS. FLAT (elementwise kernels on NC... layouts whose spatial size breaks the alignment of each
-    (n, c) plane, e.g. 7 x 7): the launcher views every (n, c, s) as n x (c·CS + s), one contiguous axis
-    that the tiles read 8-16 bytes at a time; a lane's per-channel values are gathered once per program,
-    not per element.
+    f // CS. FLAT (elementwise kernels on NC... layouts whose positions are not aligned for wide accesses,
+    e.g. 7 x 7): the launcher views every (n, c, s) as n x (c·CS + s), one contiguous axis that the tiles
+    read 8-16 bytes at a time; a lane's per-channel values are gathered once per program, not per element.
 
-    The quotient is ``trunc((f + 1/2)·(1/CS))`` in float32 (three instructions, not an integer division's
-    twenty): (f + 1/2)/CS lies at least 1/(2·CS) from an integer, and the float32 error of the product is
-    below f·2^-23/CS, so the result is exact for f < 2^22 (the launcher's bound on C·S for FLAT)."""
+    The quotient is estimated in float32 as trunc((f + 1/2)·r), r ≈ 1/CS (the hardware's division is
+    within 2 ulp, not correctly rounded), then corrected once with the remainder f - q·CS: the estimate is
+    within 1 of f // CS while f·2^-22 < CS, which the launcher's bound f < 2^22 guarantees, so the result is
+    exact (a handful of instructions per lane instead of an integer division's twenty)."""
     if FLAT:
-        inv = 1.0 / CS.to(tl.float32)
-        return (offs_c.to(tl.float32) * inv + 0.5 * inv).to(tl.int32)
+        r = 1.0 / CS.to(tl.float32)
+        q = (offs_c.to(tl.float32) * r + 0.5 * r).to(tl.int32)
+        rem = offs_c - q * CS
+        q += (rem >= CS).to(tl.int32) - (rem < 0).to(tl.int32)
+        return q
     else:
         return offs_c
 
