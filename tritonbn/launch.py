@@ -963,7 +963,8 @@ def channel_sums(
     if rows.N * rows.S * C == 0:  # nothing to sum (and no tiles to plan)
         zero = torch.zeros(C, dtype=acc, device=u.device)
         return (zero if want_sum_u else None, zero.clone() if v is not None else None)
-    geo = geometry(rows, single_ok=False, wide_acc=acc == torch.float64)
+    # (float64 keeps full-size tiles here: within 128 registers, and half the instructions per element)
+    geo = geometry(rows, single_ok=False)
     sum_u_p = torch.empty((geo.P, C), dtype=acc, device=u.device) if want_sum_u else None
     sum_uv_p = torch.empty((geo.P, C), dtype=acc, device=u.device) if v is not None else None
     mu_u, mu_v = _per_channel(mu_u, acc), _per_channel(mu_v, acc)
@@ -1037,7 +1038,7 @@ def channel_affine(
     v2 = ncs_view(t2) if t2 is not None else ov
     gv = ncs_view(gate) if gate is not None else ov
     rows = rows_view(ov, v1, v2, gv)
-    geo = geometry(rows, single_ok=False, wide_acc=acc == torch.float64)
+    geo = geometry(rows, single_ok=False)  # (float64: full-size tiles, as in channel_sums)
     meta = geo.meta()
     meta.update(
         GATE=0 if gate is None else 2 if gate_output else 1,
