@@ -148,6 +148,40 @@ def _next_tile(nb, sb, SB):
 
 
 @_device
+def _tile(
+    nb,
+    sb,
+    c0,
+    N,
+    S,
+    C,
+    BLOCK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    MASK_N: tl.constexpr,
+    MASK_S: tl.constexpr,
+    MASK_C: tl.constexpr,
+    ONE_S_BLOCK: tl.constexpr,
+):
+    """(n0, s0, mask) of tile (nb, sb): its first sample and position, and its in-bounds mask."""
+    n0 = nb * BLOCK_N
+    if ONE_S_BLOCK:
+        s0 = nb * 0
+    else:
+        s0 = sb * BLOCK_S
+    return n0, s0, _tile_mask(n0, s0, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C)
+
+
+@_device
+def _advance(nb, sb, SB, ONE_S_BLOCK: tl.constexpr):
+    """The next tile of a chunk: the next sample block with one position block, else :func:`_next_tile`."""
+    if ONE_S_BLOCK:
+        return nb + 1, sb
+    else:
+        return _next_tile(nb, sb, SB)
+
+
+@_device
 def _aligned(v, VEC: tl.constexpr):
     """``v``, known to the compiler as a multiple of VEC (the launcher guarantees that it is one).
 
@@ -546,12 +580,7 @@ def bn_forward_stats_kernel(
         acc_dd = tl.zeros([BLOCK_N * BLOCK_S, BLOCK_C], dtype=ACC)
         cnt = (pid_p * 0).to(tl.int64)
         for _ in range(t0, t1):
-            n0 = nb * BLOCK_N
-            if ONE_S_BLOCK:
-                s0 = nb * 0
-            else:
-                s0 = sb * BLOCK_S
-            mask = _tile_mask(n0, s0, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C)
+            n0, s0, mask = _tile(nb, sb, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C, ONE_S_BLOCK)
             if MASK_N or MASK_S:
                 x = tl.load((x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE)) + rel_x, mask=mask, other=k_other)
             else:
@@ -560,10 +589,7 @@ def bn_forward_stats_kernel(
             acc_d += d
             acc_dd += d * d
             cnt += tl.minimum(N - n0, BLOCK_N) * tl.minimum(S - s0, BLOCK_S)
-            if ONE_S_BLOCK:
-                nb += 1
-            else:
-                nb, sb = _next_tile(nb, sb, SB)
+            nb, sb = _advance(nb, sb, SB, ONE_S_BLOCK)
         sd = _sum_nc(acc_d)
         sdd = _sum_nc(acc_dd)
         n = cnt.to(ACC)
@@ -685,12 +711,7 @@ def bn_forward_apply_kernel(
     t1 = tl.minimum(t0 + TPP, T)
     nb, sb = _tile_start(t0, SB, BLOCK_N, BLOCK_S, WIDE)
     for _ in range(t0, t1):
-        n0 = nb * BLOCK_N
-        if ONE_S_BLOCK:
-            s0 = nb * 0
-        else:
-            s0 = sb * BLOCK_S
-        mask = _tile_mask(n0, s0, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C)
+        n0, s0, mask = _tile(nb, sb, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C, ONE_S_BLOCK)
         x = tl.load((x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE)) + rel_x, mask=mask).to(ACC)
         y = (x - mean[None, :]) * scale[None, :] + bias[None, :]
         if HAS_RES:
@@ -698,10 +719,7 @@ def bn_forward_apply_kernel(
         if RELU:
             y = _relu(y)
         tl.store((y_ptr + _off(n0, s0, c0, syn, sys_, syc, WIDE)) + rel_y, y.to(y_ptr.dtype.element_ty), mask=mask)
-        if ONE_S_BLOCK:
-            nb += 1
-        else:
-            nb, sb = _next_tile(nb, sb, SB)
+        nb, sb = _advance(nb, sb, SB, ONE_S_BLOCK)
 
 
 # --------------------------------------------------------------------------------------------- backward
@@ -843,12 +861,7 @@ def bn_backward_reduce_kernel(
         acc_gx = tl.zeros([BLOCK_N * BLOCK_S, BLOCK_C], dtype=ACC)
         t1 = tl.minimum(t0 + TPP, T)
         for _ in range(t0, t1):
-            n0 = nb * BLOCK_N
-            if ONE_S_BLOCK:
-                s0 = nb * 0
-            else:
-                s0 = sb * BLOCK_S
-            mask = _tile_mask(n0, s0, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C)
+            n0, s0, mask = _tile(nb, sb, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C, ONE_S_BLOCK)
             g = _load_zero_rows(dy_ptr + _off(n0, s0, c0, sgn, sgs, sgc, WIDE), rel_g, mask, MASK_N or MASK_S, ACC)
             if GATE:
                 gate = tl.load((y_ptr + _off(n0, s0, c0, syn, sys_, syc, WIDE)) + rel_y, mask=mask)
@@ -868,10 +881,7 @@ def bn_backward_reduce_kernel(
                     g.to(dres_ptr.dtype.element_ty),
                     mask=mask,
                 )
-            if ONE_S_BLOCK:
-                nb += 1
-            else:
-                nb, sb = _next_tile(nb, sb, SB)
+            nb, sb = _advance(nb, sb, SB, ONE_S_BLOCK)
         part_ptr = coef_ptr + 5 * C
         p_out = pid_p.to(tl.int64) * C + offs_c
         tl.store(part_ptr + p_out, _sum_nc(acc_g), mask=m_c)
@@ -1019,12 +1029,7 @@ def bn_backward_dx_kernel(
     t1 = tl.minimum(t0 + TPP, T)
     nb, sb = _tile_start(t0, SB, BLOCK_N, BLOCK_S, WIDE)
     for _ in range(t0, t1):
-        n0 = nb * BLOCK_N
-        if ONE_S_BLOCK:
-            s0 = nb * 0
-        else:
-            s0 = sb * BLOCK_S
-        mask = _tile_mask(n0, s0, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C)
+        n0, s0, mask = _tile(nb, sb, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C, ONE_S_BLOCK)
         g = tl.load((dy_ptr + _off(n0, s0, c0, sgn, sgs, sgc, WIDE)) + rel_g, mask=mask).to(ACC)
         if GATE:
             gate = tl.load((y_ptr + _off(n0, s0, c0, syn, sys_, syc, WIDE)) + rel_y, mask=mask)
@@ -1041,10 +1046,7 @@ def bn_backward_dx_kernel(
             tl.store(
                 (dres_ptr + _off(n0, s0, c0, sdn, sds, sdc, WIDE)) + rel_d, g.to(dres_ptr.dtype.element_ty), mask=mask
             )
-        if ONE_S_BLOCK:
-            nb += 1
-        else:
-            nb, sb = _next_tile(nb, sb, SB)
+        nb, sb = _advance(nb, sb, SB, ONE_S_BLOCK)
 
 
 # ------------------------------------------------------------------------------------ generic primitives
@@ -1167,12 +1169,7 @@ def channel_sums_kernel(
     t1 = tl.minimum(t0 + TPP, T)
     nb, sb = _tile_start(t0, SB, BLOCK_N, BLOCK_S, WIDE)
     for _ in range(t0, t1):
-        n0 = nb * BLOCK_N
-        if ONE_S_BLOCK:
-            s0 = nb * 0
-        else:
-            s0 = sb * BLOCK_S
-        mask = _tile_mask(n0, s0, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C)
+        n0, s0, mask = _tile(nb, sb, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C, ONE_S_BLOCK)
         # rows masked off along N or S add exactly 0; lanes of channels past C are never stored
         a = tl.load((u_ptr + _off(n0, s0, c0, sun, sus, suc, WIDE)) + rel_u, mask=mask, other=0.0).to(ACC)
         if HAS_MU_U:
@@ -1191,10 +1188,7 @@ def channel_sums_kernel(
                 if MASK_N or MASK_S:
                     b = tl.where(mask, b, 0.0)
             acc_ab += a * b
-        if ONE_S_BLOCK:
-            nb += 1
-        else:
-            nb, sb = _next_tile(nb, sb, SB)
+        nb, sb = _advance(nb, sb, SB, ONE_S_BLOCK)
     p_out = pid_p.to(tl.int64) * C + offs_c
     if WANT_SUM_U:
         tl.store(sum_u_p_ptr + p_out, _sum_nc(acc_a), mask=m_c)
@@ -1282,12 +1276,7 @@ def channel_affine_kernel(
     t1 = tl.minimum(t0 + TPP, T)
     nb, sb = _tile_start(t0, SB, BLOCK_N, BLOCK_S, WIDE)
     for _ in range(t0, t1):
-        n0 = nb * BLOCK_N
-        if ONE_S_BLOCK:
-            s0 = nb * 0
-        else:
-            s0 = sb * BLOCK_S
-        mask = _tile_mask(n0, s0, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C)
+        n0, s0, mask = _tile(nb, sb, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C, ONE_S_BLOCK)
         if GATE != 0:
             gate = tl.load((gate_ptr + _off(n0, s0, c0, sgn, sgs, sgc, WIDE)) + rel_g, mask=mask)
         out = tl.zeros([BLOCK_N * BLOCK_S, BLOCK_C], dtype=ACC)
@@ -1316,7 +1305,4 @@ def channel_affine_kernel(
         if GATE == 2:
             out = tl.where(gate <= 0, 0.0, out)
         tl.store((out_ptr + _off(n0, s0, c0, son, sos, soc, WIDE)) + rel_o, out.to(out_ptr.dtype.element_ty), mask=mask)
-        if ONE_S_BLOCK:
-            nb += 1
-        else:
-            nb, sb = _next_tile(nb, sb, SB)
+        nb, sb = _advance(nb, sb, SB, ONE_S_BLOCK)
