@@ -608,7 +608,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"hot kernels: max {max(int(r['registers']) for r in hot)} registers, "
             f"{sum(int(r['spill_bytes']) > 0 for r in hot)} spilling, worst "
-            f"{worst['instructions_per_element']} instructions/element ({worst['kernel']}, {worst['case']})"
+            f"{worst['instructions_per_element']} instructions/element ({worst['kernel']}, {worst['case']}, "
+            f"{worst['pass']}, {path_of(worst)})"
         )
     over = [r for r in hot if over_budget(r)]
     print(

@@ -79,9 +79,6 @@ def _find_invalid(input, running_mean, running_var, weight, bias, training, eps)
         raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
     if training and (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must either both be None or neither be None")
-    if input.dim() < 2 and training:
-        # torch indexes the channel dimension and fails with IndexError; let it say so in its own words.
-        input.size(1)
     if input.dtype not in _SUPPORTED_DTYPES:
         name = _SCALAR_TYPE_NAMES.get(input.dtype, str(input.dtype))
         raise NotImplementedError(f"\"batch_norm\" not implemented for '{name}'")
@@ -92,15 +89,53 @@ def _find_invalid(input, running_mean, running_var, weight, bias, training, eps)
     for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
         if t is not None and t.numel() != channels:
             raise RuntimeError(f"{name} should contain {channels} elements not {t.numel()}")
+    if input.dim() < 2 and training:
+        # torch indexes the channel dimension and fails with IndexError; let it say so in its own words.
+        input.size(1)
     device = input.device
     for t in defined:
         if t.dim() != 1:
             raise RuntimeError(f"TensorAccessor expected 1 dims but tensor has {t.dim()}")
-        if t.device != device:
-            raise RuntimeError(
-                f"Expected all tensors to be on the same device, but found at least two devices, "
-                f"{device} and {t.device}!"
-            )
+    if any(t.device != device for t in defined):
+        error_type, message = _device_verdict(input, running_mean, running_var, weight, bias, training, eps)
+        raise error_type(message)
+
+
+_DEVICE_VERDICTS: dict[tuple, tuple[type, str]] = {}
+
+
+def _device_verdict(input, running_mean, running_var, weight, bias, training, eps) -> tuple[type, str]:
+    """torch's error for (C,) parameters that are not all on the input's device: (exception type, message).
+
+    Its wording depends on the devices and on the kernel that notices (CPU: ``Tensor on device meta is not
+    on the expected device cpu!``; CUDA: ``Expected all tensors to be on the same device, ...``), so torch
+    is asked: ``torch.nn.functional.batch_norm`` on a (2, C) zero input and zero parameters on the same
+    devices and in the same dtypes, once per combination (then cached). Should torch accept the mix, the
+    kernels cannot: the message of torch's CUDA operators is given.
+    """
+    tensors = (running_mean, running_var, weight, bias)
+    key = (input.device, input.dtype, *((None, None) if t is None else (t.device, t.dtype) for t in tensors))
+    key += (bool(training), float(eps))
+    verdict = _DEVICE_VERDICTS.get(key)
+    if verdict is None:
+        other = next(t.device for t in tensors if t is not None and t.device != input.device)
+        verdict = (
+            RuntimeError,
+            f"Expected all tensors to be on the same device, but found at least two devices, {input.device} "
+            f"and {other}!",
+        )
+        channels = input.shape[1]
+        with _no_dispatch_modes(), torch.no_grad():
+            x = torch.zeros((2, channels), dtype=input.dtype, device=input.device)
+            probes = [None if t is None else torch.zeros(channels, dtype=t.dtype, device=t.device) for t in tensors]
+            try:
+                F.batch_norm(x, *probes[:2], *probes[2:], training, 0.1, eps)
+            except torch.OutOfMemoryError:
+                pass
+            except (RuntimeError, TypeError, ValueError) as e:
+                verdict = (type(e), str(e))
+        _DEVICE_VERDICTS[key] = verdict
+    return verdict
 
 
 def _check_dtypes(input, running_mean, running_var, weight, bias, training, eps) -> None:
