@@ -101,7 +101,7 @@ def _find_invalid(input, running_mean, running_var, weight, bias, training, eps)
         raise error_type(message)
 
 
-_DEVICE_VERDICTS: dict[tuple, tuple[type, str]] = {}
+_DEVICE_VERDICTS: dict[tuple, tuple[type, str] | None] = {}
 
 
 def _device_verdict(input, running_mean, running_var, weight, bias, training, eps) -> tuple[type, str]:
@@ -109,14 +109,21 @@ def _device_verdict(input, running_mean, running_var, weight, bias, training, ep
 
     Its wording depends on the devices and on the kernel that notices (CPU: ``Tensor on device meta is not
     on the expected device cpu!``; CUDA: ``Expected all tensors to be on the same device, ...``), so torch
-    is asked: ``torch.nn.functional.batch_norm`` on a (2, C) zero input and zero parameters on the same
-    devices and in the same dtypes, once per combination (then cached). Should torch accept the mix, the
-    kernels cannot: the message of torch's CUDA operators is given.
+    is asked (:func:`_ask_torch`): a (2, C) zero input and zero parameters on the same devices and in the
+    same dtypes. Should torch accept the mix (or not be asked: CUDA graph capture, an out-of-memory probe),
+    the kernels cannot: the message of torch's CUDA operators is given.
     """
     tensors = (running_mean, running_var, weight, bias)
-    key = (input.device, input.dtype, *((None, None) if t is None else (t.device, t.dtype) for t in tensors))
-    key += (bool(training), float(eps))
-    verdict = _DEVICE_VERDICTS.get(key)
+    verdict = None
+    if not (input.is_cuda and torch.cuda.is_current_stream_capturing()):
+        key = (input.device, input.dtype, *((None, None) if t is None else (t.device, t.dtype) for t in tensors))
+        channels = input.shape[1]
+
+        def probe():
+            x = torch.zeros((2, channels), dtype=input.dtype, device=input.device)
+            return x, *(None if t is None else torch.zeros(channels, dtype=t.dtype, device=t.device) for t in tensors)
+
+        verdict = _ask_torch(_DEVICE_VERDICTS, key + (bool(training), float(eps)), probe, training, eps)
     if verdict is None:
         other = next(t.device for t in tensors if t is not None and t.device != input.device)
         verdict = (
@@ -124,17 +131,6 @@ def _device_verdict(input, running_mean, running_var, weight, bias, training, ep
             f"Expected all tensors to be on the same device, but found at least two devices, {input.device} "
             f"and {other}!",
         )
-        channels = input.shape[1]
-        with _no_dispatch_modes(), torch.no_grad():
-            x = torch.zeros((2, channels), dtype=input.dtype, device=input.device)
-            probes = [None if t is None else torch.zeros(channels, dtype=t.dtype, device=t.device) for t in tensors]
-            try:
-                F.batch_norm(x, *probes[:2], *probes[2:], training, 0.1, eps)
-            except torch.OutOfMemoryError:
-                pass
-            except (RuntimeError, TypeError, ValueError) as e:
-                verdict = (type(e), str(e))
-        _DEVICE_VERDICTS[key] = verdict
     return verdict
 
 
@@ -182,20 +178,31 @@ def _dtype_verdict(input: torch.Tensor, dtypes: tuple, training: bool, eps: floa
         return None
     cudnn = torch.backends.cudnn.enabled if input.is_cuda else None
     key = (device_type, input.dtype, dtypes, training, input.dim(), eps, cudnn)
-    if key in _DTYPE_VERDICTS:
-        return _DTYPE_VERDICTS[key]
-    verdict = None
-    with _no_dispatch_modes(), torch.no_grad():
+
+    def probe():
         device = torch.device(device_type)
         x = torch.zeros((2, 1) + (1,) * (input.dim() - 2), dtype=input.dtype, device=device)
-        rm, rv, w, b = (None if d is None else torch.ones(1, dtype=d, device=device) for d in dtypes)
+        return x, *(None if d is None else torch.ones(1, dtype=d, device=device) for d in dtypes)
+
+    return _ask_torch(_DTYPE_VERDICTS, key, probe, training, eps)
+
+
+def _ask_torch(cache: dict, key: tuple, probe, training: bool, eps: float) -> tuple[type, str] | None:
+    """``torch.nn.functional.batch_norm``'s verdict on the (input, running_mean, running_var, weight, bias)
+    that ``probe()`` builds, with ``training`` and ``eps``: None (accepted) or (exception type, message),
+    cached under ``key``. The probe runs outside any dispatch mode (a fake-tensor trace must not decide for
+    real tensors) and without autograd; one that runs out of memory gets None, not cached."""
+    if key in cache:
+        return cache[key]
+    verdict = None
+    with _no_dispatch_modes(), torch.no_grad():
         try:
-            F.batch_norm(x, rm, rv, w, b, training, 0.1, eps)
+            F.batch_norm(*probe(), training, 0.1, eps)
         except torch.OutOfMemoryError:
             return None
         except (RuntimeError, TypeError, ValueError) as e:
             verdict = type(e), str(e)
-    _DTYPE_VERDICTS[key] = verdict
+    cache[key] = verdict
     return verdict
 
 
