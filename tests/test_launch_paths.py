@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_close, make_input, reference_grads
+from helpers import assert_close, make_input, max_errors, reference_grads
 
 import tritonbn
 from tritonbn import launch, reference
@@ -203,6 +203,78 @@ def test_flat_elementwise_passes(tile_policy, shape, layout, flat, vec):
         assert ints[3:6] == (0, rows.strides[0][0], 1)  # (n: the tile rows, then the flat axis of stride 1)
 
 
+@pytest.mark.parametrize(
+    "shape, dtype, layout, flat, block_ch, vec",
+    [
+        ((256, 512, 7, 7), torch.bfloat16, "contiguous", True, 8, 8),  # S = 49: scalar along S, 16 bytes along C·S
+        ((256, 64, 7, 7), torch.float32, "contiguous", True, 4, 4),
+        ((64, 256, 14, 14), torch.bfloat16, "contiguous", True, 2, 8),  # S = 196: 8 bytes along S
+        ((64, 256, 14, 14), torch.float32, "contiguous", False, 0, 4),  # 16 bytes along S already
+        ((32, 2048, 7, 7), torch.float32, "contiguous", False, 0, 1),  # one tile per channel block
+        ((256, 64, 56, 56), torch.float16, "contiguous", False, 0, 16),
+        ((256, 3, 7, 7), torch.float32, "contiguous", False, 0, 1),  # C·S = 147: nothing aligned either way
+        ((64, 40, 15, 15), torch.float16, "contiguous", False, 0, 1),  # 8 channels x 225 lanes: past the bound
+        ((64, 512, 7, 7), torch.float16, "channels_last", False, 0, 16),  # tiles along C
+    ],
+)
+def test_flat_reductions(tile_policy, shape, dtype, layout, flat, block_ch, vec):
+    """The reduction passes (statistics, backward sums) of NC... tensors read along the (channel, position)
+    plane when that widens their accesses on the loop path: each program takes the lanes of BLOCK_CH whole
+    channels, starting and ending on a VEC boundary; the forward and backward plans launch it so."""
+    tile_policy(tile=2048, single=8192, programs=1024, min_tiles=4, min_programs=256)
+    x = torch.empty(shape, dtype=dtype, device="meta")
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    rows = launch.rows_view(launch.ncs_view(x), launch.ncs_view(x))
+    red = launch.reduction_launch(rows, True, False, x.element_size())
+    geo = red.geo
+    assert (red.flat, red.geo.VEC) == (flat, vec)
+    N, C = shape[:2]
+    S = rows.S if not flat else red.positions
+    if flat:
+        lanes = block_ch * S
+        assert red.block_ch == block_ch and red.meta()["BLOCK_CH"] == block_ch and red.meta()["FLAT"]
+        assert red.ints(2)[:6] == (1, N, C * S, 0, C * S, 1) and (red.channels, red.positions) == (C, S)
+        assert lanes % vec == 0 and lanes <= geo.BLOCK_C < 2 * lanes and (lanes != geo.BLOCK_C) == geo.MASK_C
+        assert -(-C // block_ch) == geo.CB and geo.grid == (geo.CB, geo.P) and not geo.single
+        assert geo.P * geo.TPP >= geo.T > (geo.P - 1) * geo.TPP
+    else:
+        assert red.rows == rows and (red.channels, red.positions, red.block_ch) == (C, 1, geo.BLOCK_C)
+    # the plans launch it: the statistics kernel, and the backward's reduction
+    fwd = launch._forward_plan(x, None, True, True, True, True, False)
+    bwd = launch._backward_plan(x, x, None, True, True, True, True, False, False, True)
+    for plan in (fwd, bwd):
+        kernel, grid, ints, meta = plan.launches[0]
+        assert (meta["FLAT"], meta["BLOCK_CH"], grid) == (flat, red.block_ch, geo.grid)
+        assert ints[-2:] == (C, S if flat else 1)
+
+
+@pytest.mark.parametrize("policy", ["many-chunks", "ragged-chunks", "merge-loops"])
+def test_flat_reduction_statistics_are_shifted_per_channel(kernels, tile_policy, policy):
+    """On the FLAT reduction path each lane subtracts its own channel's shift: a channel of mean 1e4 and
+    std 1 next to one of mean -3e3 keeps its variance, mean and dweight, where E[x²] - E[x]² in float32 would
+    lose every digit. (The variance is within 1e-3, not float32's 1e-7: chunks of one sample store their
+    means in float32, each within half an ulp of 1e4.)"""
+    tile_policy(**POLICIES[policy])
+    x64 = torch.randn(6, 4, 3, 3, dtype=torch.float64) + torch.tensor([1e4, -3e3, 0.0, 5.0]).reshape(1, 4, 1, 1)
+    x = x64.float().to(kernels).requires_grad_()
+    rows = launch.rows_view(launch.ncs_view(x), launch.ncs_view(x))
+    assert launch.reduction_launch(rows, True, False, 4).flat
+    mean, var, _ = launch.batch_stats(x.detach(), 1e-5)
+    mean_ref, var_ref, _ = reference.batch_norm_stats(x.detach())
+    err = ((var.double().cpu() - var_ref) / var_ref).abs()
+    assert err.max() < 1e-3 and err[2:].max() < 1e-5
+    naive = (x.detach().cpu() ** 2).mean((0, 2, 3)) - x.detach().cpu().mean((0, 2, 3)) ** 2
+    assert (naive.double()[0] - var_ref[0]).abs() > 100 * err[0] * var_ref[0]
+    assert (mean.double().cpu() - mean_ref).abs().max() < 1e-3
+    w = torch.rand(4, device=kernels, requires_grad=True)
+    y = tritonbn.batch_norm(x, None, None, w, None, training=True)
+    dy = torch.randn_like(y)
+    dx, dw = torch.autograd.grad(y, (x, w), dy)
+    dx_ref, dw_ref, _ = reference_grads(dy, x, w)
+    assert max_errors(dw, dw_ref)[1] < 1e-3 and max_errors(dx, dx_ref)[1] < 1e-3
+
+
 def test_flat_channel_of_a_lane_is_exact():
     """A FLAT lane's channel -- trunc((f + 1/2)·r) in float32 with r within 2 ulp of 1/CS (the GPU's division
     is not correctly rounded), corrected once by the remainder -- is f // CS for every f below the
@@ -369,15 +441,16 @@ def test_nan_stays_nan_in_the_statistics(kernels, tile_policy, policy):
     """A NaN in a channel makes its output, batch variance and running statistics NaN (as torch's do) on
     both paths: the variance's clamp at 0 must not swallow it."""
     tile_policy(**POLICIES[policy])
-    x = make_input((4, 3, 3, 3), torch.float32, kernels)
-    x[1, 0, 2, 1] = float("nan")
-    rm, rv = torch.zeros(3, device=kernels), torch.ones(3, device=kernels)
-    y = tritonbn.batch_norm(x, rm, rv, training=True)
-    rm_t, rv_t = torch.zeros(3), torch.ones(3)
-    y_t = torch.nn.functional.batch_norm(x.cpu(), rm_t, rv_t, training=True)
-    assert torch.equal(torch.isnan(y.cpu()), torch.isnan(y_t))
-    assert torch.equal(torch.isnan(rm.cpu()), torch.isnan(rm_t)) and torch.equal(
-        torch.isnan(rv.cpu()), torch.isnan(rv_t)
-    )
-    assert torch.isnan(rv[0]) and torch.isfinite(rv[1:]).all()
-    assert_close(y[:, 1:], reference.batch_norm(x[:, 1:], None, None, training=True), torch.float32, "y")
+    for C in (3, 4):  # (C = 4: C·S = 36, the FLAT reduction path when the rows take several tiles)
+        x = make_input((4, C, 3, 3), torch.float32, kernels)
+        x[1, 0, 2, 1] = float("nan")
+        rm, rv = torch.zeros(C, device=kernels), torch.ones(C, device=kernels)
+        y = tritonbn.batch_norm(x, rm, rv, training=True)
+        rm_t, rv_t = torch.zeros(C), torch.ones(C)
+        y_t = torch.nn.functional.batch_norm(x.cpu(), rm_t, rv_t, training=True)
+        assert torch.equal(torch.isnan(y.cpu()), torch.isnan(y_t))
+        assert torch.equal(torch.isnan(rm.cpu()), torch.isnan(rm_t)) and torch.equal(
+            torch.isnan(rv.cpu()), torch.isnan(rv_t)
+        )
+        assert torch.isnan(rv[0]) and torch.isfinite(rv[1:]).all()
+        assert_close(y[:, 1:], reference.batch_norm(x[:, 1:], None, None, training=True), torch.float32, "y")

@@ -138,6 +138,9 @@ lane's channel is found once per program, so wide tiles spread that cost."""
 FLAT_MAX_PLANE = 1 << 22
 """FLAT tiles need C·S (plus a tile's overhang) below this: the kernels estimate a lane's channel with a
 float32 division and correct it once, which is exact below 2^22."""
+FLAT_SEGMENT_MAX = 4096
+"""Bound on lanes x channels of a FLAT reduction's programs: each finds its per-channel sums with a one-hot
+product of that size, once per program (at most 32 values per thread of a 4-warp program)."""
 MIN_UNMASKED_RUN = 16
 """Channels-outermost tiles take position blocks that divide S (no mask on S) when S has a power-of-two
 factor of at least this many positions (a contiguous run of 32 bytes or more per sample) and the tile stays
@@ -264,13 +267,17 @@ def geometry(
     single_ok: bool = True,
     wide_acc: bool = False,
     flat: bool = False,
+    segment: tuple[int, int] | None = None,
 ) -> Geometry:
     """Tile shape and grid for a pass over ``rows`` (see the module and kernels' docstrings).
 
     Channels innermost (stride 1, as in channels_last and (N, C) inputs): tiles of up to 64 channels by
     rows, read along C. Channels outermost (NC... layouts): one channel by a block of samples x positions,
     read along the positions; S gets its own tile axis, so no element index is divided. ``flat``: ``rows``
-    is a FLAT view (:func:`flat_rows`), tiles up to FLAT_BLOCK_C lanes wide.
+    is a FLAT view (:func:`flat_rows`), tiles up to FLAT_BLOCK_C lanes wide. ``segment`` = (channels per
+    program, positions per channel): ``rows`` is a FLAT view read by a reduction, whose programs each take the
+    lanes of whole channels (:func:`reduction_launch`; never one tile per channel block); the channel blocks
+    count those channels.
     """
     N, S, C = rows.N, rows.S, rows.C
     sn, ss, sc = rows.strides[0]
@@ -279,7 +286,14 @@ def geometry(
     same = all(st == rows.strides[0] for st in rows.strides)
     vec = _vec(rows, inner)
     width = 2 if wide_acc else 1  # registers per accumulated value: float64 tiles hold float32's bytes
-    if single_ok:
+    if segment is not None:
+        # lanes of whole channels: a block of bch channels starts at a multiple of VEC
+        bch, cs = segment
+        channels = C // cs
+        lanes = bch * cs
+        vec = min(vec, lanes & -lanes)
+        pc, cb_seg, mask_c = _p2(lanes), triton.cdiv(channels, bch), lanes != _p2(lanes) or channels % bch != 0
+    if single_ok and segment is None:
         # One program per channel block holding all of its rows: the one-launch path.
         bc = min(pc, 64) if inner else 1
         while inner and bc > min(pc, 8) and pn * ps * bc > SINGLE_MAX_ELEMENTS:
@@ -311,6 +325,8 @@ def geometry(
             )
     tile = TILE_ELEMENTS // width
     bc = min(pc, FLAT_BLOCK_C if flat else 64) if inner else 1
+    if segment is not None:
+        bc = pc
     bs = min(ps, max(1, tile // bc))
     bn = min(pn, max(1, tile // (bc * bs)))
     run = min(S & -S, tile)  # the largest power of two dividing S
@@ -318,20 +334,23 @@ def geometry(
         # position blocks that divide S (56 x 56 = 64 x 49, 28 x 28 = 16 x 49): no mask on S, and more samples
         bs, bn = run, min(pn, tile // run)
     SB, NB, CB = triton.cdiv(S, bs), triton.cdiv(N, bn), triton.cdiv(C, bc)
+    merged = bc  # channels a merging program holds
+    if segment is not None:
+        CB, merged = cb_seg, bch
     T = NB * SB
     floor = max(T // MIN_TILES_PER_PROGRAM, triton.cdiv(MIN_PROGRAMS, CB))  # long loops, a full GPU
-    P = min(T, max(1, TARGET_PROGRAMS // CB), max(1, MERGE_MAX_VALUES // bc), max(1, floor))
+    P = min(T, max(1, TARGET_PROGRAMS // CB), max(1, MERGE_MAX_VALUES // merged), max(1, floor))
     TPP = max(triton.cdiv(T, P), 1)
-    TPP = min(TPP, max(1, _COUNT_EXACT // (bn * bs)))
+    TPP = min(TPP, max(1, _COUNT_EXACT // (bn * bs * (segment[1] if segment else 1))))
     P = triton.cdiv(T, TPP)
-    block_p = min(_p2(P), max(1, MERGE_BLOCK_VALUES // width // bc))
+    block_p = min(_p2(P), max(1, MERGE_BLOCK_VALUES // width // merged))
     return Geometry(
         bn,
         bs,
         bc,
         N % bn != 0,
         S % bs != 0,
-        C % bc != 0,
+        mask_c if segment is not None else C % bc != 0,
         _wide(rows, bn, bs, bc),
         SB == 1,
         same,
@@ -381,6 +400,55 @@ def elementwise_launch(rows: Rows, wide_acc: bool, tensors: int) -> tuple[Geomet
     strides = (*view.strides, *((0, 0, 0),) * (tensors - len(view.strides)))
     ints = (view.N, view.S, view.C, *(v for st in strides for v in st), geo.SB, geo.T, geo.TPP, rows.C, cs)
     return geo, ints, flat
+
+
+class Reduction(NamedTuple):
+    """How a reduction pass (statistics, backward sums) reads its tensors: the tiles' geometry, the view
+    they tile, and the kernels' FLAT arguments."""
+
+    geo: Geometry
+    rows: Rows  # the view the tiles cover: ``rows`` itself or its FLAT view
+    flat: bool
+    channels: int  # CR: channels of the per-channel tables
+    positions: int  # CS: positions per channel of a FLAT view (1 otherwise)
+    block_ch: int  # channels per program
+
+    def ints(self, tensors: int) -> tuple[int, ...]:
+        """``N, S, C`` and the (n, s, c) strides of ``tensors`` tensors (zeros for those the view lacks)."""
+        r = self.rows
+        strides = (*r.strides, *((0, 0, 0),) * (tensors - len(r.strides)))
+        return (r.N, r.S, r.C, *(v for st in strides for v in st))
+
+    def meta(self) -> dict:
+        return {**self.geo.meta(), "FLAT": self.flat, "BLOCK_CH": self.block_ch}
+
+
+@functools.lru_cache(maxsize=4096)
+def reduction_launch(rows: Rows, single_ok: bool, wide_acc: bool, itemsize: int) -> Reduction:
+    """The tiles of a reduction pass over ``rows`` (elements of ``itemsize`` bytes).
+
+    NC... tensors whose positions are not aligned for wide accesses (S = 7 x 7, 14 x 14 in half precision)
+    are read along their (channel, position) plane (:func:`flat_rows`), up to 16 bytes per access: each
+    program takes the lanes of BLOCK_CH whole channels, the fewest whose lanes start and end on a 16-byte
+    boundary, and sums its lanes per channel once (see ``_segment_sum`` in the kernels). Taken on the loop
+    path when that widens the accesses; one tile per channel block keeps its N x S x C tile (its programs
+    hold a few elements per thread: the per-channel sums of lanes would cost more than they save).
+    """
+    geo = geometry(rows, single_ok=single_ok, wide_acc=wide_acc)
+    plain = Reduction(geo, rows, False, rows.C, 1, geo.BLOCK_C)
+    frows = flat_rows(rows) if not geo.single and geo.VEC * itemsize < 16 else None
+    if frows is None:
+        return plain
+    vec = min(_vec(frows, True), 16 // itemsize)
+    if vec <= geo.VEC:
+        return plain
+    bch = vec // math.gcd(rows.S, vec)
+    if bch * _p2(bch * rows.S) > FLAT_SEGMENT_MAX:
+        return plain
+    fgeo = geometry(frows, single_ok=False, wide_acc=wide_acc, segment=(bch, rows.S))
+    if fgeo.VEC <= geo.VEC:
+        return plain
+    return Reduction(fgeo, frows, True, rows.C, rows.S, bch)
 
 
 def one_tile(x: torch.Tensor) -> bool:
@@ -440,10 +508,6 @@ def _locks(device: torch.device, n: int) -> torch.Tensor:
 # --------------------------------------------------------------------------------- batch-norm passes
 
 
-def _strides_or_zero(rows: Rows, i: int) -> tuple[int, int, int]:
-    return rows.strides[i] if i < len(rows.strides) else (0, 0, 0)
-
-
 def _unit_stride(t: torch.Tensor | None) -> torch.Tensor | None:
     """A (C,) tensor the kernels can index as ``ptr + c`` (1-d: contiguous means stride 1 or at most one
     element)."""
@@ -485,6 +549,7 @@ def _cache(plans: dict, key, plan):
 def clear_plans() -> None:
     """Forget cached tile shapes and launch plans (after changing the tile policy attributes above)."""
     geometry.cache_clear()
+    reduction_launch.cache_clear()
     _FORWARD_PLANS.clear()
     _BACKWARD_PLANS.clear()
 
@@ -499,17 +564,18 @@ def _forward_plan(x, residual, training, has_w, has_b, has_running, relu) -> _Pl
     views = [xv, ncs_view(y)] + ([ncs_view(residual)] if residual is not None else [])
     rows = rows_view(*views)
     acc = acc_dtype(x.dtype)
-    ints = (rows.N, rows.S, rows.C, *rows.strides[0], *rows.strides[1], *_strides_or_zero(rows, 2))
     flags = {"HAS_W": has_w, "HAS_B": has_b, "HAS_RES": residual is not None, "RELU": relu, "ACC": _tl_acc(acc)}
     if not training:
         geo, eints, flat = elementwise_launch(rows, acc == torch.float64, 3)
         meta = {**geo.meta(), **flags, "FLAT": flat, "EVAL": True}
         launch = (bn_forward_apply_kernel, geo.grid, eints, meta)
         return _Plan(None if y.stride() == x.stride() else y.stride(), 4, acc, 0, (launch,), ())
-    geo = geometry(rows, wide_acc=acc == torch.float64)
+    red = reduction_launch(rows, True, acc == torch.float64, x.element_size())
+    geo = red.geo
     M = rows.N * rows.S
-    meta = {**geo.meta(), **flags, "SINGLE": geo.single, "HAS_RUNNING": has_running, "BLOCK_P": geo.block_p}
-    launches = [(bn_forward_stats_kernel, geo.grid, (*ints, geo.SB, geo.T, geo.TPP, geo.P, M), meta)]
+    meta = {**red.meta(), **flags, "SINGLE": geo.single, "HAS_RUNNING": has_running, "BLOCK_P": geo.block_p}
+    args = (*red.ints(3), geo.SB, geo.T, geo.TPP, geo.P, M, red.channels, red.positions)
+    launches = [(bn_forward_stats_kernel, geo.grid, args, meta)]
     if not geo.single:
         geo2, eints, flat = elementwise_launch(rows, acc == torch.float64, 3)
         meta2 = {**geo2.meta(), **flags, "FLAT": flat, "EVAL": False}
@@ -751,18 +817,18 @@ def _backward_plan(dy, x, gate, stats_grad, need_input, need_weight, need_bias, 
     dv = ncs_view(out) if out is not None else xv
     rows = rows_view(gv, xv, yv, dv)
     acc = acc_dtype(x.dtype)
-    ints = (rows.N, rows.S, rows.C, *(v for st in rows.strides for v in st))
     flags = {"GATE": gate is not None, "HAS_W": has_w, "ACC": _tl_acc(acc)}
     need_sums = need_weight or need_bias or (need_input and stats_grad) or coef_only
     launches = []
     ws_rows = lock_blocks = 0
     rest = writes
     if need_sums:
-        geo = geometry(rows, single_ok=not coef_only, wide_acc=acc == torch.float64)
+        red = reduction_launch(rows, not coef_only, acc == torch.float64, max(dy.element_size(), x.element_size()))
+        geo = red.geo
         # dx (and dres) in the reduction pass: from the registers (one tile), or dx = scale·g (constant stats)
         in_pass = geo.single or not stats_grad
         meta = {
-            **geo.meta(),
+            **red.meta(),
             **flags,
             "SINGLE": geo.single,
             "STATS_GRAD": stats_grad,
@@ -774,9 +840,8 @@ def _backward_plan(dy, x, gate, stats_grad, need_input, need_weight, need_bias, 
             "WRITE_COEF": not geo.single or coef_only,
             "BLOCK_P": geo.block_p,
         }
-        launches.append(
-            (bn_backward_reduce_kernel, geo.grid, (*ints, geo.SB, geo.T, geo.TPP, geo.P, rows.N * rows.S), meta)
-        )
+        args = (*red.ints(4), geo.SB, geo.T, geo.TPP, geo.P, rows.N * rows.S, red.channels, red.positions)
+        launches.append((bn_backward_reduce_kernel, geo.grid, args, meta))
         ws_rows = 0 if geo.single and not coef_only else 5 + (0 if geo.single else 2 * geo.P)
         lock_blocks = 0 if geo.single else geo.CB
         rest = writes and not in_pass

@@ -402,6 +402,38 @@ def _lane_channels(offs_c, CS, FLAT: tl.constexpr):
 
 
 @_device
+def _reduction_program(C, CR, CS, BLOCK_C: tl.constexpr, BLOCK_CH: tl.constexpr, VEC: tl.constexpr, FLAT: tl.constexpr):
+    """(channel block, chunk, first lane, lane offsets, lanes' extent, lanes' channels, channels, channel mask)
+    of a reduction program. Without FLAT the lanes are the channels. With FLAT (a reduction over an NC...
+    tensor read along its (channel, position) plane, see :func:`_segment_sum`) the program's BLOCK_CH
+    channels are the BLOCK_CH·CS consecutive lanes from c0 = block·BLOCK_CH·CS, a multiple of VEC (as the
+    launcher chooses BLOCK_CH), and the lanes' extent is the block's end: the lanes past it are masked."""
+    pid_c = tl.program_id(0)
+    if FLAT:
+        offs_ch = pid_c * BLOCK_CH + tl.arange(0, BLOCK_CH)
+        c0 = _aligned(pid_c * (BLOCK_CH * CS), VEC)
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        end = _aligned(tl.minimum(c0 + BLOCK_CH * CS, C), VEC)
+        return pid_c, tl.program_id(1), c0, offs_c, end, _lane_channels(offs_c, CS, True), offs_ch, offs_ch < CR
+    else:
+        c0 = pid_c * BLOCK_C
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        m_c = offs_c < C
+        return pid_c, tl.program_id(1), c0, offs_c, C, offs_c, offs_c, m_c
+
+
+@_device
+def _segment_sum(v, lane_ch, offs_ch, FLAT: tl.constexpr):
+    """Per-lane sums (BLOCK_C,) -> per-channel sums (BLOCK_CH,): with FLAT the sum of the lanes of each
+    channel (a one-hot product, once per program; lanes of other channels, NaN included, add nothing),
+    else ``v`` itself."""
+    if FLAT:
+        return tl.sum(tl.where(lane_ch[:, None] == offs_ch[None, :], v[:, None], 0.0), axis=0)
+    else:
+        return v
+
+
+@_device
 def _off(n0, s0, c0, stride_n, stride_s, stride_c, WIDE: tl.constexpr):
     """Offset of element (n0, s0, c0): int32, or int64 with WIDE (tensors spanning 2^31 elements or more)."""
     if WIDE:
@@ -474,6 +506,8 @@ def bn_forward_stats_kernel(
     TPP,
     P,
     M,
+    CR,
+    CS,
     eps_hi,
     eps_lo,
     mom_hi,
@@ -491,6 +525,8 @@ def bn_forward_stats_kernel(
     SAME_STRIDES: tl.constexpr,
     VEC: tl.constexpr,
     INNER_C: tl.constexpr,
+    FLAT: tl.constexpr,
+    BLOCK_CH: tl.constexpr,
     SINGLE: tl.constexpr,
     HAS_W: tl.constexpr,
     HAS_B: tl.constexpr,
@@ -502,23 +538,30 @@ def bn_forward_stats_kernel(
 ):
     """Batch statistics of a training forward; with SINGLE also the normalised output.
 
-    Writes ``stats`` (4, C) = (mean, invstd, weight·invstd, biased var) and updates the running statistics
-    in their own dtype. Statistics use the shifted-data algorithm with the shift K = the first element the
-    program reads, per channel (0 if it is not finite): d = x - K, mean = K + Σd/n, M2 = Σd² - (Σd)²/n, so
-    nothing cancels catastrophically when |mean| >> std and a constant channel gives M2 = 0; masked lanes read K itself
-    and add exactly 0. Without SINGLE each program reduces a chunk of TPP tiles into partials
-    (3, P, C) = (mean, M2, count) after ``stats``, and the last program of the channel block merges them
-    (Chan). With SINGLE (T == 1: the channel block's rows are one tile) the program keeps d in registers and
-    writes ``y = act(d·scale + (K - mean)·scale + bias + residual)``, scale = weight·invstd.
+    Writes ``stats`` (4, CR) = (mean, invstd, weight·invstd, biased var) and updates the running statistics
+    in their own dtype. Statistics use the shifted-data algorithm with the shift K = the first element of
+    the program's first tile, per channel (0 if it is not finite): d = x - K, mean = K + Σd/n,
+    M2 = Σd² - (Σd)²/n, so nothing cancels catastrophically when |mean| >> std and a constant channel gives
+    M2 = 0; masked lanes read K itself and add exactly 0. Without SINGLE each program reduces a chunk of TPP
+    tiles into partials (3, P, CR) = (mean, M2, count) after ``stats``, and the last program of the channel
+    block merges them (Chan). With SINGLE (T == 1: the channel block's rows are one tile) the program keeps d
+    in registers and writes ``y = act(d·scale + (K - mean)·scale + bias + residual)``, scale = weight·invstd.
     SAME_STRIDES: y and the residual have x's strides.
+
+    FLAT (NC... tensors whose positions are not aligned for wide accesses, e.g. 7 x 7): the launcher passes
+    the 1 x N x C·S view, CR channels of CS positions, and BLOCK_CH channels per program; the tile's lanes
+    run along the (channel, position) plane, each lane sums its own values, and the lanes of a channel are
+    summed once per program (:func:`_segment_sum`); never with SINGLE. Otherwise CR = C, CS = 1 and
+    BLOCK_CH = BLOCK_C.
     """
-    pid_c, pid_p, c0, offs_c, m_c = _program(C, BLOCK_C)
+    tl.static_assert(not (FLAT and SINGLE), "FLAT reductions loop over tiles")
     sxn, sxs, sxc = _aligned_strides(sxn, sxs, sxc, VEC, INNER_C)
     syn, sys_, syc = _other_strides(sxn, sxs, sxc, syn, sys_, syc, SAME_STRIDES, VEC, INNER_C)
     srn, srs, src = _other_strides(sxn, sxs, sxc, srn, srs, src, SAME_STRIDES, VEC, INNER_C)
     S, C = _aligned_extents(S, C, VEC, INNER_C)
+    pid_c, pid_p, c0, offs_c, C, lane_ch, offs_ch, m_ch = _reduction_program(C, CR, CS, BLOCK_C, BLOCK_CH, VEC, FLAT)
     rel_x = _rel_offsets(sxn, sxs, sxc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
-    part_ptr = stats_ptr + 4 * C
+    part_ptr = stats_ptr + 4 * CR
     t0 = pid_p * TPP
     nb, sb = _tile_start(t0, SB, BLOCK_N, BLOCK_S, WIDE)
     n0 = nb * BLOCK_N
@@ -526,8 +569,15 @@ def bn_forward_stats_kernel(
         s0 = nb * 0
     else:
         s0 = sb * BLOCK_S
-    k_x = _finite_or_zero(tl.load(x_ptr + _off(n0, s0, offs_c, sxn, sxs, sxc, WIDE), mask=m_c), ACC)
-    k = k_x.to(ACC)
+    # K per lane (with FLAT: the first position of the lane's channel), and per channel
+    k_x = _finite_or_zero(tl.load(x_ptr + _off(n0, s0, lane_ch * CS, sxn, sxs, sxc, WIDE), mask=offs_c < C), ACC)
+    if FLAT:
+        k = _finite_or_zero(tl.load(x_ptr + _off(n0, s0, offs_ch * CS, sxn, sxs, sxc, WIDE), mask=m_ch), ACC)
+        k = k.to(ACC)
+        k_lane = k_x.to(ACC)
+    else:
+        k = k_x.to(ACC)
+        k_lane = k
     # lanes masked off along N or S read K (d = 0 adds nothing); lanes of channels past C are never stored
     k_other = tl.broadcast_to(k_x[None, :], [BLOCK_N * BLOCK_S, BLOCK_C])
     if SINGLE:
@@ -536,9 +586,9 @@ def bn_forward_stats_kernel(
             d = tl.load((x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE)) + rel_x, mask=mask, other=k_other).to(ACC)
         else:
             d = tl.load((x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE)) + rel_x, mask=mask).to(ACC)
-        d = d - k[None, :]
-        sd = _sum_nc(d)
-        sdd = _sum_nc(d * d)
+        d = d - k_lane[None, :]
+        sd = _segment_sum(_sum_nc(d), lane_ch, offs_ch, FLAT)
+        sdd = _segment_sum(_sum_nc(d * d), lane_ch, offs_ch, FLAT)
         inv_m = 1.0 / tl.cast(M, ACC)
         dm = sd * inv_m
         mean = k + dm
@@ -548,9 +598,9 @@ def bn_forward_stats_kernel(
             rm_ptr,
             rv_ptr,
             stats_ptr,
-            offs_c,
-            m_c,
-            C,
+            offs_ch,
+            m_ch,
+            CR,
             mean,
             var,
             eps_hi,
@@ -565,7 +615,7 @@ def bn_forward_stats_kernel(
         )
         shift = -dm * scale
         if HAS_B:
-            shift += tl.load(b_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
+            shift += tl.load(b_ptr + offs_ch, mask=m_ch, other=0.0).to(ACC)
         y = d * scale[None, :] + shift[None, :]
         if HAS_RES:
             rel_r = _other_rel(rel_x, srn, srs, src, SAME_STRIDES, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
@@ -585,28 +635,29 @@ def bn_forward_stats_kernel(
                 x = tl.load((x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE)) + rel_x, mask=mask, other=k_other)
             else:
                 x = tl.load((x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE)) + rel_x, mask=mask)
-            d = x.to(ACC) - k[None, :]
+            d = x.to(ACC) - k_lane[None, :]
             acc_d += d
             acc_dd += d * d
             cnt += tl.minimum(N - n0, BLOCK_N) * tl.minimum(S - s0, BLOCK_S)
             nb, sb = _advance(nb, sb, SB, ONE_S_BLOCK)
-        sd = _sum_nc(acc_d)
-        sdd = _sum_nc(acc_dd)
-        n = cnt.to(ACC)
-        p_out = pid_p.to(tl.int64) * C + offs_c
-        tl.store(part_ptr + p_out, k + sd / n, mask=m_c)
-        tl.store(part_ptr + P * C + p_out, _clamp0(sdd - sd * sd / n), mask=m_c)
-        tl.store(part_ptr + 2 * P * C + p_out, tl.zeros([BLOCK_C], dtype=ACC) + n, mask=m_c)
+        sd = _segment_sum(_sum_nc(acc_d), lane_ch, offs_ch, FLAT)
+        sdd = _segment_sum(_sum_nc(acc_dd), lane_ch, offs_ch, FLAT)
+        n = (cnt * CS).to(ACC)
+        p_out = pid_p.to(tl.int64) * CR + offs_ch
+        tl.store(part_ptr + p_out, k + sd / n, mask=m_ch)
+        tl.store(part_ptr + P * CR + p_out, _clamp0(sdd - sd * sd / n), mask=m_ch)
+        tl.store(part_ptr + 2 * P * CR + p_out, tl.zeros([BLOCK_CH], dtype=ACC) + n, mask=m_ch)
         if _last_program(lock_ptr, pid_c, P):
-            mean, var = _merge_partials(part_ptr, offs_c, m_c, c0, P, C, M, BLOCK_P, BLOCK_C, ACC)
+            ch0 = pid_c * BLOCK_CH
+            mean, var = _merge_partials(part_ptr, offs_ch, m_ch, ch0, P, CR, M, BLOCK_P, BLOCK_CH, ACC)
             _forward_tail(
                 w_ptr,
                 rm_ptr,
                 rv_ptr,
                 stats_ptr,
-                offs_c,
-                m_c,
-                C,
+                offs_ch,
+                m_ch,
+                CR,
                 mean,
                 var,
                 eps_hi,
@@ -758,6 +809,8 @@ def bn_backward_reduce_kernel(
     TPP,
     P,
     M,
+    CR,
+    CS,
     BLOCK_N: tl.constexpr,
     BLOCK_S: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -769,6 +822,8 @@ def bn_backward_reduce_kernel(
     SAME_STRIDES: tl.constexpr,
     VEC: tl.constexpr,
     INNER_C: tl.constexpr,
+    FLAT: tl.constexpr,
+    BLOCK_CH: tl.constexpr,
     SINGLE: tl.constexpr,
     STATS_GRAD: tl.constexpr,
     GATE: tl.constexpr,
@@ -786,25 +841,37 @@ def bn_backward_reduce_kernel(
     ReLU's mask, as torch's ``threshold_backward``, which lets NaN through).
 
     The last program of each channel block (or the only one, SINGLE) writes dweight = invstd·Σg·(x - mean)
-    and dbias = Σg in their dtypes, and ``coef`` (5, C) = (scale, beta, gamma, Σg, Σg·(x - mean)) with
+    and dbias = Σg in their dtypes, and ``coef`` (5, CR) = (scale, beta, gamma, Σg, Σg·(x - mean)) with
     scale = weight·invstd and, when the statistics depend on x (STATS_GRAD),
     beta = -scale·invstd²·Σg·(x - mean)/M, gamma = -scale·Σg/M, so that dx = scale·g + beta·(x - mean) +
-    gamma (the batch-norm input gradient, as torch's batch_norm_backward). Partial sums (2, P, C) follow
+    gamma (the batch-norm input gradient, as torch's batch_norm_backward). Partial sums (2, P, CR) follow
     ``coef``. WRITE_DX writes dx in this pass: with SINGLE from the registers, otherwise (constant
     statistics) dx = scale·g. WRITE_DRES writes g, the residual's gradient of a fused add + ReLU. dx and dres
-    share the strides of ``dx``; SAME_STRIDES: every tensor has dy's strides.
+    share the strides of ``dx``; SAME_STRIDES: every tensor has dy's strides. FLAT, CR, CS and BLOCK_CH: as
+    in :func:`bn_forward_stats_kernel`.
     """
-    pid_c, pid_p, c0, offs_c, m_c = _program(C, BLOCK_C)
+    tl.static_assert(not (FLAT and SINGLE), "FLAT reductions loop over tiles")
     sgn, sgs, sgc = _aligned_strides(sgn, sgs, sgc, VEC, INNER_C)
     sxn, sxs, sxc = _other_strides(sgn, sgs, sgc, sxn, sxs, sxc, SAME_STRIDES, VEC, INNER_C)
     syn, sys_, syc = _other_strides(sgn, sgs, sgc, syn, sys_, syc, SAME_STRIDES, VEC, INNER_C)
     sdn, sds, sdc = _other_strides(sgn, sgs, sgc, sdn, sds, sdc, SAME_STRIDES, VEC, INNER_C)
     S, C = _aligned_extents(S, C, VEC, INNER_C)
-    mean = tl.load(stats_ptr + offs_c, mask=m_c, other=0.0)
-    invstd = tl.load(stats_ptr + C + offs_c, mask=m_c, other=0.0)
+    pid_c, pid_p, c0, offs_c, C, lane_ch, offs_ch, m_ch = _reduction_program(C, CR, CS, BLOCK_C, BLOCK_CH, VEC, FLAT)
+    m_lane = offs_c < C
+    mean = tl.load(stats_ptr + offs_ch, mask=m_ch, other=0.0)
+    invstd = tl.load(stats_ptr + CR + offs_ch, mask=m_ch, other=0.0)
     scale = invstd
     if HAS_W:
-        scale = scale * tl.load(w_ptr + offs_c, mask=m_c, other=0.0).to(ACC)
+        scale = scale * tl.load(w_ptr + offs_ch, mask=m_ch, other=0.0).to(ACC)
+    if FLAT:
+        # the lanes' own copies of their channel's mean and scale
+        mean_l = tl.load(stats_ptr + lane_ch, mask=m_lane, other=0.0)
+        scale_l = tl.load(stats_ptr + CR + lane_ch, mask=m_lane, other=0.0)
+        if HAS_W:
+            scale_l = scale_l * tl.load(w_ptr + lane_ch, mask=m_lane, other=0.0).to(ACC)
+    else:
+        mean_l = mean
+        scale_l = scale
     rel_g = _rel_offsets(sgn, sgs, sgc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
     rel_x = _other_rel(rel_g, sxn, sxs, sxc, SAME_STRIDES, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
     rel_y = _other_rel(rel_g, syn, sys_, syc, SAME_STRIDES, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
@@ -823,21 +890,21 @@ def bn_backward_reduce_kernel(
             tl.store(
                 (dres_ptr + _off(n0, s0, c0, sdn, sds, sdc, WIDE)) + rel_d, g.to(dres_ptr.dtype.element_ty), mask=mask
             )
-        sum_g = _sum_nc(g)
+        sum_g = _segment_sum(_sum_nc(g), lane_ch, offs_ch, FLAT)
         if NEED_XMU:
             # masked lanes: g = 0, so x - mean (finite) adds nothing
             x = _load_zero_rows(x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE), rel_x, mask, MASK_N or MASK_S, ACC)
-            xm = x - mean[None, :]
-            sum_gx = _sum_nc(g * xm)
+            xm = x - mean_l[None, :]
+            sum_gx = _segment_sum(_sum_nc(g * xm), lane_ch, offs_ch, FLAT)
         else:
-            sum_gx = tl.zeros([BLOCK_C], dtype=ACC)
+            sum_gx = tl.zeros([BLOCK_CH], dtype=ACC)
         beta, gamma = _backward_tail(
             dw_ptr,
             db_ptr,
             coef_ptr,
-            offs_c,
-            m_c,
-            C,
+            offs_ch,
+            m_ch,
+            CR,
             M,
             scale,
             invstd,
@@ -850,9 +917,9 @@ def bn_backward_reduce_kernel(
         )
         if WRITE_DX:
             if STATS_GRAD:
-                dx = (g * scale[None, :] + gamma[None, :]) + xm * beta[None, :]
+                dx = (g * scale_l[None, :] + gamma[None, :]) + xm * beta[None, :]
             else:
-                dx = g * scale[None, :]
+                dx = g * scale_l[None, :]
             tl.store(
                 (dx_ptr + _off(n0, s0, c0, sdn, sds, sdc, WIDE)) + rel_d, dx.to(dx_ptr.dtype.element_ty), mask=mask
             )
@@ -869,9 +936,9 @@ def bn_backward_reduce_kernel(
             acc_g += g
             if NEED_XMU:
                 x = _load_zero_rows(x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE), rel_x, mask, MASK_N or MASK_S, ACC)
-                acc_gx += g * (x - mean[None, :])  # g is 0 on masked lanes
+                acc_gx += g * (x - mean_l[None, :])  # g is 0 on masked lanes
             if WRITE_DX:
-                dx = g * scale[None, :]
+                dx = g * scale_l[None, :]
                 tl.store(
                     (dx_ptr + _off(n0, s0, c0, sdn, sds, sdc, WIDE)) + rel_d, dx.to(dx_ptr.dtype.element_ty), mask=mask
                 )
@@ -882,20 +949,20 @@ def bn_backward_reduce_kernel(
                     mask=mask,
                 )
             nb, sb = _advance(nb, sb, SB, ONE_S_BLOCK)
-        part_ptr = coef_ptr + 5 * C
-        p_out = pid_p.to(tl.int64) * C + offs_c
-        tl.store(part_ptr + p_out, _sum_nc(acc_g), mask=m_c)
-        tl.store(part_ptr + P * C + p_out, _sum_nc(acc_gx), mask=m_c)
+        part_ptr = coef_ptr + 5 * CR
+        p_out = pid_p.to(tl.int64) * CR + offs_ch
+        tl.store(part_ptr + p_out, _segment_sum(_sum_nc(acc_g), lane_ch, offs_ch, FLAT), mask=m_ch)
+        tl.store(part_ptr + P * CR + p_out, _segment_sum(_sum_nc(acc_gx), lane_ch, offs_ch, FLAT), mask=m_ch)
         if _last_program(lock_ptr, pid_c, P):
-            sum_g = _sum_partials(part_ptr, offs_c, m_c, P, C, BLOCK_P, BLOCK_C, ACC)
-            sum_gx = _sum_partials(part_ptr + P * C, offs_c, m_c, P, C, BLOCK_P, BLOCK_C, ACC)
+            sum_g = _sum_partials(part_ptr, offs_ch, m_ch, P, CR, BLOCK_P, BLOCK_CH, ACC)
+            sum_gx = _sum_partials(part_ptr + P * CR, offs_ch, m_ch, P, CR, BLOCK_P, BLOCK_CH, ACC)
             _backward_tail(
                 dw_ptr,
                 db_ptr,
                 coef_ptr,
-                offs_c,
-                m_c,
-                C,
+                offs_ch,
+                m_ch,
+                CR,
                 M,
                 scale,
                 invstd,
