@@ -371,9 +371,9 @@ def flat_rows(rows: Rows) -> Rows | None:
     """``rows`` seen as N samples x one axis of C·S (channel, position) values, when in every tensor that
     plane is contiguous (positions of stride 1, channels of stride S: NC... layouts); else None.
 
-    An elementwise pass (normalise, dx) then tiles along that axis: in NCHW with S = 7 x 7 each (n, c)
-    plane starts unaligned and a tile along S must be read one element at a time, while C·S is aligned
-    whenever C has a power-of-two factor."""
+    An elementwise pass (normalise, dx) or a reduction's loop then tiles along that axis: in NCHW with
+    S = 7 x 7 each (n, c) plane starts unaligned and a tile along S must be read one element at a time, while
+    C·S is aligned whenever C has a power-of-two factor."""
     N, S, C = rows.N, rows.S, rows.C
     if S < 2 or C < 2 or C * S + FLAT_BLOCK_C > FLAT_MAX_PLANE:
         return None
@@ -443,7 +443,8 @@ def reduction_launch(rows: Rows, single_ok: bool, wide_acc: bool, itemsize: int)
     if vec <= geo.VEC:
         return plain
     bch = vec // math.gcd(rows.S, vec)
-    if bch * _p2(bch * rows.S) > FLAT_SEGMENT_MAX:
+    lanes = _p2(bch * rows.S)  # (the last block's lanes may overhang C·S by up to this many)
+    if bch * lanes > FLAT_SEGMENT_MAX or frows.C + lanes > FLAT_MAX_PLANE:
         return plain
     fgeo = geometry(frows, single_ok=False, wide_acc=wide_acc, segment=(bch, rows.S))
     if fgeo.VEC <= geo.VEC:

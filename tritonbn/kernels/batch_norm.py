@@ -12,15 +12,16 @@ work. ``MASK_N/MASK_S/MASK_C`` are set only for the axes a tile can overhang: a 
 multiples of the tile runs without masks, and unit strides are specialised by Triton, so contiguous axes
 get vector loads wherever alignment allows.
 
-The elementwise kernels (normalise, dx) also take a FLAT view: in NC... layouts every sample's (channel,
-position) plane is one contiguous axis of C·S values, aligned wherever C·S has a power-of-two factor even
-when S itself is odd (7 x 7), so the launcher may pass 1 x N x C·S (the samples on the position axis, the
-flat axis on the channel axis); each lane then finds its channel (:func:`_lane_channels`) and gathers its
-per-channel values once per program.
+The elementwise kernels (normalise, dx) and the reductions' loops also take a FLAT view: in NC... layouts
+every sample's (channel, position) plane is one contiguous axis of C·S values, aligned wherever C·S has a
+power-of-two factor even when S itself is odd (7 x 7), so the launcher may pass 1 x N x C·S (the samples
+on the position axis, the flat axis on the channel axis); each lane then finds its channel
+(:func:`_lane_channels`) and gathers its per-channel values once per program, and a reduction's program,
+which takes the lanes of whole channels, sums the lanes of each channel once (:func:`_segment_sum`).
 
 Programs and passes
 -------------------
-Programs cover (chunk, channel-block) pairs on a flat 1-d grid, channel blocks varying fastest; a chunk is
+Programs cover (channel block, chunk) pairs on a 2-d grid (program ids 0 and 1); a chunk is
 ``TPP`` consecutive tiles of the channel block's ``T`` tiles. The fast path of a training step is:
 
 * forward: :func:`bn_forward_stats_kernel` (per-chunk statistics; the last program of each channel block
@@ -206,8 +207,9 @@ def _aligned_strides(sn, ss, sc, VEC: tl.constexpr, INNER_C: tl.constexpr):
 
 @_device
 def _load_zero_rows(base, rel, mask, ROW_MASK: tl.constexpr, ACC: tl.constexpr):
-    """A tile in the accumulation dtype, 0 on rows masked off along N or S (with ROW_MASK); lanes of channels
-    past C (MASK_C alone) are left unset: every channel's sums stay in its own lanes, which are never stored."""
+    """A tile in the accumulation dtype, 0 on rows masked off along N or S (with ROW_MASK); lanes masked off
+    along C (MASK_C alone) are left unset: their sums are never stored (lanes of channels past C) or never
+    summed into a channel (a FLAT reduction's lanes past its block, see :func:`_segment_sum`)."""
     if ROW_MASK:
         return tl.load(base + rel, mask=mask, other=0.0).to(ACC)
     else:
@@ -383,14 +385,14 @@ def _program(C, BLOCK_C: tl.constexpr):
 @_device
 def _lane_channels(offs_c, CS, FLAT: tl.constexpr):
     """The channel of each lane of the tile's channel axis: the lane itself, or with FLAT its flat index
-    f // CS. FLAT (elementwise kernels on NC... layouts whose positions are not aligned for wide accesses,
-    e.g. 7 x 7): the launcher views every (n, c, s) as n x (c·CS + s), one contiguous axis that the tiles
-    read 8-16 bytes at a time; a lane's per-channel values are gathered once per program, not per element.
+    f // CS. FLAT (NC... layouts whose positions are not aligned for wide accesses, e.g. 7 x 7): the
+    launcher views every (n, c, s) as n x (c·CS + s), one contiguous axis that the tiles read 8-16 bytes at
+    a time; a lane's per-channel values are gathered once per program, not per element.
 
     The quotient is estimated in float32 as trunc((f + 1/2)·r), r ≈ 1/CS (the hardware's division is
     within 2 ulp, not correctly rounded), then corrected once with the remainder f - q·CS: the estimate is
-    within 1 of f // CS while f·2^-22 < CS, which the launcher's bound f < 2^22 guarantees, so the result is
-    exact (a handful of instructions per lane instead of an integer division's twenty)."""
+    within 1 of f // CS while f·2^-22 < CS, which the launcher's bound f < 2^22 (lanes past C·S included)
+    guarantees, so the result is exact (a handful of instructions per lane instead of an integer division's twenty)."""
     if FLAT:
         r = 1.0 / CS.to(tl.float32)
         q = (offs_c.to(tl.float32) * r + 0.5 * r).to(tl.int32)
@@ -559,6 +561,8 @@ def bn_forward_stats_kernel(
     syn, sys_, syc = _other_strides(sxn, sxs, sxc, syn, sys_, syc, SAME_STRIDES, VEC, INNER_C)
     srn, srs, src = _other_strides(sxn, sxs, sxc, srn, srs, src, SAME_STRIDES, VEC, INNER_C)
     S, C = _aligned_extents(S, C, VEC, INNER_C)
+    if not FLAT:
+        CR = C  # (the same number, marked a multiple of VEC along C)
     pid_c, pid_p, c0, offs_c, C, lane_ch, offs_ch, m_ch = _reduction_program(C, CR, CS, BLOCK_C, BLOCK_CH, VEC, FLAT)
     rel_x = _rel_offsets(sxn, sxs, sxc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
     part_ptr = stats_ptr + 4 * CR
@@ -578,7 +582,8 @@ def bn_forward_stats_kernel(
     else:
         k = k_x.to(ACC)
         k_lane = k
-    # lanes masked off along N or S read K (d = 0 adds nothing); lanes of channels past C are never stored
+    # lanes masked off along N or S read K (d = 0 adds nothing); lanes masked off along C are never stored
+    # (FLAT: never summed into a channel)
     k_other = tl.broadcast_to(k_x[None, :], [BLOCK_N * BLOCK_S, BLOCK_C])
     if SINGLE:
         mask = _tile_mask(n0, s0, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C)
@@ -856,6 +861,8 @@ def bn_backward_reduce_kernel(
     syn, sys_, syc = _other_strides(sgn, sgs, sgc, syn, sys_, syc, SAME_STRIDES, VEC, INNER_C)
     sdn, sds, sdc = _other_strides(sgn, sgs, sgc, sdn, sds, sdc, SAME_STRIDES, VEC, INNER_C)
     S, C = _aligned_extents(S, C, VEC, INNER_C)
+    if not FLAT:
+        CR = C  # (the same number, marked a multiple of VEC along C)
     pid_c, pid_p, c0, offs_c, C, lane_ch, offs_ch, m_ch = _reduction_program(C, CR, CS, BLOCK_C, BLOCK_CH, VEC, FLAT)
     m_lane = offs_c < C
     mean = tl.load(stats_ptr + offs_ch, mask=m_ch, other=0.0)
@@ -936,7 +943,7 @@ def bn_backward_reduce_kernel(
             acc_g += g
             if NEED_XMU:
                 x = _load_zero_rows(x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE), rel_x, mask, MASK_N or MASK_S, ACC)
-                acc_gx += g * (x - mean_l[None, :])  # g is 0 on masked lanes
+                acc_gx += g * (x - mean_l[None, :])  # g is 0 on rows masked off along N or S
             if WRITE_DX:
                 dx = g * scale_l[None, :]
                 tl.store(
