@@ -206,27 +206,30 @@ def test_flat_elementwise_passes(tile_policy, shape, layout, flat, vec):
 @pytest.mark.parametrize(
     "shape, dtype, layout, flat, block_ch, vec",
     [
-        ((256, 512, 7, 7), torch.bfloat16, "contiguous", True, 8, 8),  # S = 49: scalar along S, 16 bytes along C·S
-        ((256, 64, 7, 7), torch.float32, "contiguous", True, 4, 4),
-        ((64, 256, 14, 14), torch.bfloat16, "contiguous", True, 2, 8),  # S = 196: 8 bytes along S
-        ((64, 256, 14, 14), torch.float32, "contiguous", False, 0, 4),  # 16 bytes along S already
+        ((256, 2048, 7, 7), torch.bfloat16, "contiguous", True, 8, 8),  # S = 49: scalar along S, 16 bytes on C·S
+        ((256, 2048, 7, 7), torch.float32, "contiguous", True, 4, 4),
+        ((256, 2048, 7, 7), torch.float64, "contiguous", True, 2, 2),
+        ((64, 1024, 14, 14), torch.bfloat16, "contiguous", True, 2, 8),  # S = 196: 8 bytes along S
+        ((256, 1024, 14, 14), torch.float32, "contiguous", False, 0, 4),  # 16 bytes along S already
+        ((256, 512, 7, 7), torch.bfloat16, "contiguous", False, 0, 1),  # 4 tiles per program: too few
         ((32, 2048, 7, 7), torch.float32, "contiguous", False, 0, 1),  # one tile per channel block
         ((256, 64, 56, 56), torch.float16, "contiguous", False, 0, 16),
         ((256, 3, 7, 7), torch.float32, "contiguous", False, 0, 1),  # C·S = 147: nothing aligned either way
-        ((64, 40, 15, 15), torch.float16, "contiguous", False, 0, 1),  # 8 channels x 225 lanes: past the bound
         ((64, 512, 7, 7), torch.float16, "channels_last", False, 0, 16),  # tiles along C
     ],
 )
-def test_flat_reductions(tile_policy, shape, dtype, layout, flat, block_ch, vec):
+def test_flat_reductions(tile_policy, monkeypatch, shape, dtype, layout, flat, block_ch, vec):
     """The reduction passes (statistics, backward sums) of NC... tensors read along the (channel, position)
-    plane when that widens their accesses on the loop path: each program takes the lanes of BLOCK_CH whole
-    channels, starting and ending on a VEC boundary; the forward and backward plans launch it so."""
+    plane when that widens their accesses and each program loops over at least FLAT_MIN_TILES tiles: each
+    program takes the lanes of BLOCK_CH whole channels, starting and ending on a VEC boundary; the forward
+    and backward plans launch it so (the GPU's policy)."""
+    monkeypatch.setattr(launch, "FLAT_MIN_TILES", 8)
     tile_policy(tile=2048, single=8192, programs=1024, min_tiles=4, min_programs=256)
     x = torch.empty(shape, dtype=dtype, device="meta")
     if layout == "channels_last":
         x = x.to(memory_format=torch.channels_last)
     rows = launch.rows_view(launch.ncs_view(x), launch.ncs_view(x))
-    red = launch.reduction_launch(rows, True, False, x.element_size())
+    red = launch.reduction_launch(rows, True, dtype == torch.float64, x.element_size())
     geo = red.geo
     assert (red.flat, red.geo.VEC) == (flat, vec)
     N, C = shape[:2]
@@ -237,7 +240,8 @@ def test_flat_reductions(tile_policy, shape, dtype, layout, flat, block_ch, vec)
         assert red.ints(2)[:6] == (1, N, C * S, 0, C * S, 1) and (red.channels, red.positions) == (C, S)
         assert lanes % vec == 0 and lanes <= geo.BLOCK_C < 2 * lanes and (lanes != geo.BLOCK_C) == geo.MASK_C
         assert -(-C // block_ch) == geo.CB and geo.grid == (geo.CB, geo.P) and not geo.single
-        assert geo.P * geo.TPP >= geo.T > (geo.P - 1) * geo.TPP
+        assert geo.P * geo.TPP >= geo.T > (geo.P - 1) * geo.TPP and geo.TPP >= 8
+        assert red.meta()["BLOCK_CS"] >= S > red.meta()["BLOCK_CS"] // 2
     else:
         assert red.rows == rows and (red.channels, red.positions, red.block_ch) == (C, 1, geo.BLOCK_C)
     # the plans launch it: the statistics kernel, and the backward's reduction

@@ -150,6 +150,8 @@ def cases(quick: bool) -> list[Case]:
     out += [
         Case((32, 128, 28, 28), torch.float32, "channels_last", ALL_PASSES),
         Case((256, 64, 7, 7), torch.float16, "contiguous", ALL_PASSES),
+        # long chunks of 7 x 7 channels: the reductions read the (channel, position) plane
+        Case((256, 2048, 7, 7), torch.bfloat16, "contiguous", ("train_forward", "train_backward", "relu_add", "sync")),
         Case((256, 3, 32, 32), torch.float16, "channels_last", ALL_PASSES),
         # more than 2^31 elements
         Case((9, 4, 8192, 8192), torch.float16, "contiguous", TRAIN + ("eval_forward",)),

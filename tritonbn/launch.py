@@ -139,8 +139,13 @@ FLAT_MAX_PLANE = 1 << 22
 """FLAT tiles need C·S (plus a tile's overhang) below this: the kernels estimate a lane's channel with a
 float32 division and correct it once, which is exact below 2^22."""
 FLAT_SEGMENT_MAX = 4096
-"""Bound on lanes x channels of a FLAT reduction's programs: each finds its per-channel sums with a one-hot
-product of that size, once per program (at most 32 values per thread of a 4-warp program)."""
+"""Bound on channels x padded positions (BLOCK_CH x BLOCK_CS) of a FLAT reduction's programs: each gathers
+its lanes' sums into such a tile once per program (at most 32 values per thread of a 4-warp program)."""
+FLAT_MIN_TILES = 1 if INTERPRET else 8
+"""A FLAT reduction's programs loop over at least this many tiles: their per-channel sums of lanes cost a
+few hundred instructions per program (sm_90, bfloat16 7 x 7: ~330 in the statistics, ~240 in the backward
+sums, beyond the other path's), which the narrower loop (6.7 instead of 10.9 and 8.3 instead of 13.5
+instructions per element at 16 elements per thread) repays from about 6 tiles per program."""
 MIN_UNMASKED_RUN = 16
 """Channels-outermost tiles take position blocks that divide S (no mask on S) when S has a power-of-two
 factor of at least this many positions (a contiguous run of 32 bytes or more per sample) and the tile stays
@@ -420,7 +425,7 @@ class Reduction(NamedTuple):
         return (r.N, r.S, r.C, *(v for st in strides for v in st))
 
     def meta(self) -> dict:
-        return {**self.geo.meta(), "FLAT": self.flat, "BLOCK_CH": self.block_ch}
+        return {**self.geo.meta(), "FLAT": self.flat, "BLOCK_CH": self.block_ch, "BLOCK_CS": _p2(self.positions)}
 
 
 @functools.lru_cache(maxsize=4096)
@@ -431,8 +436,9 @@ def reduction_launch(rows: Rows, single_ok: bool, wide_acc: bool, itemsize: int)
     are read along their (channel, position) plane (:func:`flat_rows`), up to 16 bytes per access: each
     program takes the lanes of BLOCK_CH whole channels, the fewest whose lanes start and end on a 16-byte
     boundary, and sums its lanes per channel once (see ``_segment_sum`` in the kernels). Taken on the loop
-    path when that widens the accesses; one tile per channel block keeps its N x S x C tile (its programs
-    hold a few elements per thread: the per-channel sums of lanes would cost more than they save).
+    path when that widens the accesses and each program loops over at least FLAT_MIN_TILES tiles (the
+    per-channel sums of lanes are a fixed cost per program); one tile per channel block keeps its N x S x C
+    tile.
     """
     geo = geometry(rows, single_ok=single_ok, wide_acc=wide_acc)
     plain = Reduction(geo, rows, False, rows.C, 1, geo.BLOCK_C)
@@ -444,10 +450,10 @@ def reduction_launch(rows: Rows, single_ok: bool, wide_acc: bool, itemsize: int)
         return plain
     bch = vec // math.gcd(rows.S, vec)
     lanes = _p2(bch * rows.S)  # (the last block's lanes may overhang C·S by up to this many)
-    if bch * lanes > FLAT_SEGMENT_MAX or frows.C + lanes > FLAT_MAX_PLANE:
+    if bch * _p2(rows.S) > FLAT_SEGMENT_MAX or frows.C + lanes > FLAT_MAX_PLANE:
         return plain
     fgeo = geometry(frows, single_ok=False, wide_acc=wide_acc, segment=(bch, rows.S))
-    if fgeo.VEC <= geo.VEC:
+    if fgeo.VEC <= geo.VEC or fgeo.TPP < FLAT_MIN_TILES:
         return plain
     return Reduction(fgeo, frows, True, rows.C, rows.S, bch)
 

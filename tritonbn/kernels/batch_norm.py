@@ -425,12 +425,17 @@ def _reduction_program(C, CR, CS, BLOCK_C: tl.constexpr, BLOCK_CH: tl.constexpr,
 
 
 @_device
-def _segment_sum(v, lane_ch, offs_ch, FLAT: tl.constexpr):
-    """Per-lane sums (BLOCK_C,) -> per-channel sums (BLOCK_CH,): with FLAT the sum of the lanes of each
-    channel (a one-hot product, once per program; lanes of other channels, NaN included, add nothing),
+def _segment_sum(v, CS, BLOCK_CH: tl.constexpr, BLOCK_CS: tl.constexpr, FLAT: tl.constexpr):
+    """Per-lane sums (BLOCK_C,) -> per-channel sums (BLOCK_CH,): with FLAT the sum of the CS lanes of each of
+    the program's channels (channel j owns lanes j·CS ... j·CS + CS - 1, BLOCK_CS >= CS), gathered into a
+    BLOCK_CH x BLOCK_CS tile once per program (lanes of other channels, NaN included, are never read);
     else ``v`` itself."""
     if FLAT:
-        return tl.sum(tl.where(lane_ch[:, None] == offs_ch[None, :], v[:, None], 0.0), axis=0)
+        s = tl.arange(0, BLOCK_CS)[None, :]
+        inside = s < CS
+        idx = tl.where(inside, tl.arange(0, BLOCK_CH)[:, None] * CS + s, 0)
+        g = tl.reshape(tl.gather(v, tl.reshape(idx, [BLOCK_CH * BLOCK_CS]), 0), [BLOCK_CH, BLOCK_CS])
+        return tl.sum(tl.where(inside, g, 0.0), axis=1)
     else:
         return v
 
@@ -529,6 +534,7 @@ def bn_forward_stats_kernel(
     INNER_C: tl.constexpr,
     FLAT: tl.constexpr,
     BLOCK_CH: tl.constexpr,
+    BLOCK_CS: tl.constexpr,
     SINGLE: tl.constexpr,
     HAS_W: tl.constexpr,
     HAS_B: tl.constexpr,
@@ -592,8 +598,8 @@ def bn_forward_stats_kernel(
         else:
             d = tl.load((x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE)) + rel_x, mask=mask).to(ACC)
         d = d - k_lane[None, :]
-        sd = _segment_sum(_sum_nc(d), lane_ch, offs_ch, FLAT)
-        sdd = _segment_sum(_sum_nc(d * d), lane_ch, offs_ch, FLAT)
+        sd = _sum_nc(d)
+        sdd = _sum_nc(d * d)
         inv_m = 1.0 / tl.cast(M, ACC)
         dm = sd * inv_m
         mean = k + dm
@@ -645,8 +651,8 @@ def bn_forward_stats_kernel(
             acc_dd += d * d
             cnt += tl.minimum(N - n0, BLOCK_N) * tl.minimum(S - s0, BLOCK_S)
             nb, sb = _advance(nb, sb, SB, ONE_S_BLOCK)
-        sd = _segment_sum(_sum_nc(acc_d), lane_ch, offs_ch, FLAT)
-        sdd = _segment_sum(_sum_nc(acc_dd), lane_ch, offs_ch, FLAT)
+        sd = _segment_sum(_sum_nc(acc_d), CS, BLOCK_CH, BLOCK_CS, FLAT)
+        sdd = _segment_sum(_sum_nc(acc_dd), CS, BLOCK_CH, BLOCK_CS, FLAT)
         n = (cnt * CS).to(ACC)
         p_out = pid_p.to(tl.int64) * CR + offs_ch
         tl.store(part_ptr + p_out, k + sd / n, mask=m_ch)
@@ -829,6 +835,7 @@ def bn_backward_reduce_kernel(
     INNER_C: tl.constexpr,
     FLAT: tl.constexpr,
     BLOCK_CH: tl.constexpr,
+    BLOCK_CS: tl.constexpr,
     SINGLE: tl.constexpr,
     STATS_GRAD: tl.constexpr,
     GATE: tl.constexpr,
@@ -897,12 +904,12 @@ def bn_backward_reduce_kernel(
             tl.store(
                 (dres_ptr + _off(n0, s0, c0, sdn, sds, sdc, WIDE)) + rel_d, g.to(dres_ptr.dtype.element_ty), mask=mask
             )
-        sum_g = _segment_sum(_sum_nc(g), lane_ch, offs_ch, FLAT)
+        sum_g = _sum_nc(g)
         if NEED_XMU:
             # masked lanes: g = 0, so x - mean (finite) adds nothing
             x = _load_zero_rows(x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE), rel_x, mask, MASK_N or MASK_S, ACC)
             xm = x - mean_l[None, :]
-            sum_gx = _segment_sum(_sum_nc(g * xm), lane_ch, offs_ch, FLAT)
+            sum_gx = _sum_nc(g * xm)
         else:
             sum_gx = tl.zeros([BLOCK_CH], dtype=ACC)
         beta, gamma = _backward_tail(
@@ -958,8 +965,8 @@ def bn_backward_reduce_kernel(
             nb, sb = _advance(nb, sb, SB, ONE_S_BLOCK)
         part_ptr = coef_ptr + 5 * CR
         p_out = pid_p.to(tl.int64) * CR + offs_ch
-        tl.store(part_ptr + p_out, _segment_sum(_sum_nc(acc_g), lane_ch, offs_ch, FLAT), mask=m_ch)
-        tl.store(part_ptr + P * CR + p_out, _segment_sum(_sum_nc(acc_gx), lane_ch, offs_ch, FLAT), mask=m_ch)
+        tl.store(part_ptr + p_out, _segment_sum(_sum_nc(acc_g), CS, BLOCK_CH, BLOCK_CS, FLAT), mask=m_ch)
+        tl.store(part_ptr + P * CR + p_out, _segment_sum(_sum_nc(acc_gx), CS, BLOCK_CH, BLOCK_CS, FLAT), mask=m_ch)
         if _last_program(lock_ptr, pid_c, P):
             sum_g = _sum_partials(part_ptr, offs_ch, m_ch, P, CR, BLOCK_P, BLOCK_CH, ACC)
             sum_gx = _sum_partials(part_ptr + P * CR, offs_ch, m_ch, P, CR, BLOCK_P, BLOCK_CH, ACC)
