@@ -92,11 +92,23 @@ def tile_policy(monkeypatch):
     """Set the launcher's tile policy for one test: ``tile_policy(tile=..., single=..., programs=...)``
     (elements per tile, the one-tile path's limit, programs aimed at; ``min_tiles``, the fewest tiles a
     program loops over, defaults to 1 so that ``programs`` alone sets the chunking; ``min_programs``, the
-    floor on programs that ``min_tiles`` yields to), caches cleared before and after."""
+    floor on programs that ``min_tiles`` yields to; ``flat_min_tiles``, the fewest tiles per program of a
+    FLAT reduction, defaults to 1 so that small tensors take that path on every device), caches cleared before
+    and after."""
 
-    def set_policy(tile=None, single=None, programs=None, merge=None, merge_block=None, min_tiles=1, min_programs=None):
+    def set_policy(
+        tile=None,
+        single=None,
+        programs=None,
+        merge=None,
+        merge_block=None,
+        min_tiles=1,
+        min_programs=None,
+        flat_min_tiles=1,
+    ):
         for name, value in (
             ("MIN_TILES_PER_PROGRAM", min_tiles),
+            ("FLAT_MIN_TILES", flat_min_tiles),
             ("MIN_PROGRAMS", min_programs),
             ("TILE_ELEMENTS", tile),
             ("SINGLE_MAX_ELEMENTS", single),

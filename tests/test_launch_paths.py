@@ -12,6 +12,8 @@ a dispatch mode (``tritonbn.bench.host``), which needs neither a GPU nor the int
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from helpers import assert_close, make_input, max_errors, reference_grads
@@ -215,16 +217,16 @@ def test_flat_elementwise_passes(tile_policy, shape, layout, flat, vec):
         ((32, 2048, 7, 7), torch.float32, "contiguous", False, 0, 1),  # one tile per channel block
         ((256, 64, 56, 56), torch.float16, "contiguous", False, 0, 16),
         ((256, 3, 7, 7), torch.float32, "contiguous", False, 0, 1),  # C·S = 147: nothing aligned either way
+        ((256, 64, 33, 33), torch.float64, "contiguous", False, 0, 1),  # 2 channels = 4096 lanes: over a tile
         ((64, 512, 7, 7), torch.float16, "channels_last", False, 0, 16),  # tiles along C
     ],
 )
-def test_flat_reductions(tile_policy, monkeypatch, shape, dtype, layout, flat, block_ch, vec):
+def test_flat_reductions(tile_policy, shape, dtype, layout, flat, block_ch, vec):
     """The reduction passes (statistics, backward sums) of NC... tensors read along the (channel, position)
     plane when that widens their accesses and each program loops over at least FLAT_MIN_TILES tiles: each
     program takes the lanes of BLOCK_CH whole channels, starting and ending on a VEC boundary; the forward
     and backward plans launch it so (the GPU's policy)."""
-    monkeypatch.setattr(launch, "FLAT_MIN_TILES", 8)
-    tile_policy(tile=2048, single=8192, programs=1024, min_tiles=4, min_programs=256)
+    tile_policy(tile=2048, single=8192, programs=1024, min_tiles=4, min_programs=256, flat_min_tiles=8)
     x = torch.empty(shape, dtype=dtype, device="meta")
     if layout == "channels_last":
         x = x.to(memory_format=torch.channels_last)
@@ -233,7 +235,7 @@ def test_flat_reductions(tile_policy, monkeypatch, shape, dtype, layout, flat, b
     geo = red.geo
     assert (red.flat, red.geo.VEC) == (flat, vec)
     N, C = shape[:2]
-    S = rows.S if not flat else red.positions
+    S = math.prod(shape[2:])
     if flat:
         lanes = block_ch * S
         assert red.block_ch == block_ch and red.meta()["BLOCK_CH"] == block_ch and red.meta()["FLAT"]
@@ -241,7 +243,7 @@ def test_flat_reductions(tile_policy, monkeypatch, shape, dtype, layout, flat, b
         assert lanes % vec == 0 and lanes <= geo.BLOCK_C < 2 * lanes and (lanes != geo.BLOCK_C) == geo.MASK_C
         assert -(-C // block_ch) == geo.CB and geo.grid == (geo.CB, geo.P) and not geo.single
         assert geo.P * geo.TPP >= geo.T > (geo.P - 1) * geo.TPP and geo.TPP >= 8
-        assert red.meta()["BLOCK_CS"] >= S > red.meta()["BLOCK_CS"] // 2
+        assert red.meta()["BLOCK_CS"] >= S > red.meta()["BLOCK_CS"] // 2 and geo.BLOCK_C <= launch.FLAT_MAX_LANES
     else:
         assert red.rows == rows and (red.channels, red.positions, red.block_ch) == (C, 1, geo.BLOCK_C)
     # the plans launch it: the statistics kernel, and the backward's reduction
@@ -249,7 +251,8 @@ def test_flat_reductions(tile_policy, monkeypatch, shape, dtype, layout, flat, b
     bwd = launch._backward_plan(x, x, None, True, True, True, True, False, False, True)
     for plan in (fwd, bwd):
         kernel, grid, ints, meta = plan.launches[0]
-        assert (meta["FLAT"], meta["BLOCK_CH"], grid) == (flat, red.block_ch, geo.grid)
+        padded = 1 << (S - 1).bit_length() if flat else 1
+        assert (meta["FLAT"], meta["BLOCK_CH"], meta["BLOCK_CS"], grid) == (flat, red.block_ch, padded, geo.grid)
         assert ints[-2:] == (C, S if flat else 1)
 
 

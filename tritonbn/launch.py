@@ -138,9 +138,9 @@ lane's channel is found once per program, so wide tiles spread that cost."""
 FLAT_MAX_PLANE = 1 << 22
 """FLAT tiles need C·S (plus a tile's overhang) below this: the kernels estimate a lane's channel with a
 float32 division and correct it once, which is exact below 2^22."""
-FLAT_SEGMENT_MAX = 4096
-"""Bound on channels x padded positions (BLOCK_CH x BLOCK_CS) of a FLAT reduction's programs: each gathers
-its lanes' sums into such a tile once per program (at most 32 values per thread of a 4-warp program)."""
+FLAT_MAX_LANES = 2048
+"""Widest tile of a FLAT reduction (float64: half): its program's channels must fit one row of the tile,
+16 accumulated values per thread and sum at 4 warps (as the other tiles of the GPU's policy)."""
 FLAT_MIN_TILES = 1 if INTERPRET else 8
 """A FLAT reduction's programs loop over at least this many tiles: their per-channel sums of lanes cost a
 few hundred instructions per program (sm_90, bfloat16 7 x 7: ~330 in the statistics, ~240 in the backward
@@ -449,8 +449,8 @@ def reduction_launch(rows: Rows, single_ok: bool, wide_acc: bool, itemsize: int)
     if vec <= geo.VEC:
         return plain
     bch = vec // math.gcd(rows.S, vec)
-    lanes = _p2(bch * rows.S)  # (the last block's lanes may overhang C·S by up to this many)
-    if bch * _p2(rows.S) > FLAT_SEGMENT_MAX or frows.C + lanes > FLAT_MAX_PLANE:
+    lanes = _p2(bch * rows.S)  # a tile's width (the last block's lanes overhang C·S by up to this many)
+    if lanes * (2 if wide_acc else 1) > FLAT_MAX_LANES or frows.C + lanes > FLAT_MAX_PLANE:
         return plain
     fgeo = geometry(frows, single_ok=False, wide_acc=wide_acc, segment=(bch, rows.S))
     if fgeo.VEC <= geo.VEC or fgeo.TPP < FLAT_MIN_TILES:

@@ -559,8 +559,8 @@ def bn_forward_stats_kernel(
     FLAT (NC... tensors whose positions are not aligned for wide accesses, e.g. 7 x 7): the launcher passes
     the 1 x N x C·S view, CR channels of CS positions, and BLOCK_CH channels per program; the tile's lanes
     run along the (channel, position) plane, each lane sums its own values, and the lanes of a channel are
-    summed once per program (:func:`_segment_sum`); never with SINGLE. Otherwise CR = C, CS = 1 and
-    BLOCK_CH = BLOCK_C.
+    summed once per program (:func:`_segment_sum`, BLOCK_CS = CS rounded up to a power of two); never with
+    SINGLE. Otherwise CR = C, CS = 1, BLOCK_CH = BLOCK_C and BLOCK_CS = 1.
     """
     tl.static_assert(not (FLAT and SINGLE), "FLAT reductions loop over tiles")
     sxn, sxs, sxc = _aligned_strides(sxn, sxs, sxc, VEC, INNER_C)
@@ -859,8 +859,8 @@ def bn_backward_reduce_kernel(
     gamma (the batch-norm input gradient, as torch's batch_norm_backward). Partial sums (2, P, CR) follow
     ``coef``. WRITE_DX writes dx in this pass: with SINGLE from the registers, otherwise (constant
     statistics) dx = scale·g. WRITE_DRES writes g, the residual's gradient of a fused add + ReLU. dx and dres
-    share the strides of ``dx``; SAME_STRIDES: every tensor has dy's strides. FLAT, CR, CS and BLOCK_CH: as
-    in :func:`bn_forward_stats_kernel`.
+    share the strides of ``dx``; SAME_STRIDES: every tensor has dy's strides. FLAT, CR, CS, BLOCK_CH and
+    BLOCK_CS: as in :func:`bn_forward_stats_kernel`.
     """
     tl.static_assert(not (FLAT and SINGLE), "FLAT reductions loop over tiles")
     sgn, sgs, sgc = _aligned_strides(sgn, sgs, sgc, VEC, INNER_C)
