@@ -143,9 +143,10 @@ FLAT_MAX_LANES = 2048
 16 accumulated values per thread and sum at 4 warps (as the other tiles of the GPU's policy)."""
 FLAT_MIN_TILES = 1 if INTERPRET else 8
 """A FLAT reduction's programs loop over at least this many tiles: their per-channel sums of lanes cost a
-few hundred instructions per program (sm_90, bfloat16 7 x 7: ~330 in the statistics, ~240 in the backward
-sums, beyond the other path's), which the narrower loop (6.7 instead of 10.9 and 8.3 instead of 13.5
-instructions per element at 16 elements per thread) repays from about 6 tiles per program."""
+few hundred instructions per program (sm_90, bfloat16 7 x 7: ~290 in the statistics, ~250 in the backward
+sums, beyond the other path's), which the narrower loop (256 x 2048 x 7 x 7: 7.3 instead of 9.9 and 8.3
+instead of 13.7 instructions per element at 16 elements per thread) repays from about 7 and 3 tiles per
+program."""
 MIN_UNMASKED_RUN = 16
 """Channels-outermost tiles take position blocks that divide S (no mask on S) when S has a power-of-two
 factor of at least this many positions (a contiguous run of 32 bytes or more per sample) and the tile stays
