@@ -388,6 +388,13 @@ def flat_rows(rows: Rows) -> Rows | None:
     return Rows(1, N, C * S, tuple((0, sn, 1) for sn, _, _ in rows.strides))
 
 
+def _view_ints(view: Rows, tensors: int) -> tuple[int, ...]:
+    """``N, S, C`` of ``view`` and the (n, s, c) strides of ``tensors`` tensors (zeros for those it lacks): the
+    leading integer arguments of every batch-norm kernel."""
+    strides = (*view.strides, *((0, 0, 0),) * (tensors - len(view.strides)))
+    return (view.N, view.S, view.C, *(v for st in strides for v in st))
+
+
 def elementwise_launch(rows: Rows, wide_acc: bool, tensors: int) -> tuple[Geometry, tuple[int, ...], bool]:
     """(geometry, leading integer arguments, FLAT) of an elementwise pass over ``rows``.
 
@@ -403,8 +410,7 @@ def elementwise_launch(rows: Rows, wide_acc: bool, tensors: int) -> tuple[Geomet
         fgeo = geometry(frows, single_ok=False, wide_acc=wide_acc, flat=True)
         if fgeo.VEC > geo.VEC and fgeo.TPP >= 2:
             geo, view, flat, cs = fgeo, frows, True, rows.S
-    strides = (*view.strides, *((0, 0, 0),) * (tensors - len(view.strides)))
-    ints = (view.N, view.S, view.C, *(v for st in strides for v in st), geo.SB, geo.T, geo.TPP, rows.C, cs)
+    ints = (*_view_ints(view, tensors), geo.SB, geo.T, geo.TPP, rows.C, cs)
     return geo, ints, flat
 
 
@@ -421,9 +427,7 @@ class Reduction(NamedTuple):
 
     def ints(self, tensors: int) -> tuple[int, ...]:
         """``N, S, C`` and the (n, s, c) strides of ``tensors`` tensors (zeros for those the view lacks)."""
-        r = self.rows
-        strides = (*r.strides, *((0, 0, 0),) * (tensors - len(r.strides)))
-        return (r.N, r.S, r.C, *(v for st in strides for v in st))
+        return _view_ints(self.rows, tensors)
 
     def meta(self) -> dict:
         return {**self.geo.meta(), "FLAT": self.flat, "BLOCK_CH": self.block_ch, "BLOCK_CS": _p2(self.positions)}

@@ -418,10 +418,8 @@ def _reduction_program(C, CR, CS, BLOCK_C: tl.constexpr, BLOCK_CH: tl.constexpr,
         end = _aligned(tl.minimum(c0 + BLOCK_CH * CS, C), VEC)
         return pid_c, tl.program_id(1), c0, offs_c, end, _lane_channels(offs_c, CS, True), offs_ch, offs_ch < CR
     else:
-        c0 = pid_c * BLOCK_C
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        m_c = offs_c < C
-        return pid_c, tl.program_id(1), c0, offs_c, C, offs_c, offs_c, m_c
+        pid_c, pid_p, c0, offs_c, m_c = _program(C, BLOCK_C)
+        return pid_c, pid_p, c0, offs_c, C, offs_c, offs_c, m_c
 
 
 @_device
