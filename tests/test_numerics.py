@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close, max_errors, reference_grads
+from helpers import assert_close, make_input, max_errors, reference_grads
 
 import tritonbn
 from tritonbn import launch, reference
@@ -139,3 +140,47 @@ def test_half_input_with_half_parameters_on_every_path(path):
         assert_close(dx, dx_ref, torch.float16, "dx", f"dx, create_graph={create_graph}")
         # dweight is stored in float16 here: within two of its ulps
         torch.testing.assert_close(dw.double().cpu(), dw_ref, atol=0, rtol=1e-3, msg=f"create_graph={create_graph}")
+
+
+@pytest.mark.parametrize(("dtype", "mean"), [(torch.float16, 200.0), (torch.bfloat16, 30.0)], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("relu_add", [False, True], ids=["plain", "relu_add"])
+def test_half_input_with_large_mean_on_the_elementwise_passes(kernels, tile_policy, dtype, mean, layout, relu_add):
+    """Half-precision tensors are normalised uncentred, ``x·scale + (bias - mean·scale)`` and
+    ``dx = g·scale + (x·beta + gamma - mean·beta)``: one fused multiply-add per element fewer than the
+    centred form, whose accuracy only the float32 arithmetic bounds (see the kernels' module docstring). At
+    about the largest |mean| / std a channel of the dtype can hold (std = 8 ulps of the mean), train and
+    eval outputs, dx and dweight stay within the table's tolerances of the float64 reference; dy is
+    correlated with x so that dx's (x - mean) term is not negligible."""
+    tile_policy(tile=8, single=0, programs=1 << 20)  # loops: the elementwise passes run
+    shape = (5, 4, 3, 3)
+    x = make_input(shape, dtype, kernels, layout, mean=mean).requires_grad_()
+    w = (torch.rand(4, device=kernels) + 0.5).requires_grad_()
+    b = torch.randn(4, device=kernels).requires_grad_()
+    res = make_input(shape, dtype, kernels).requires_grad_() if relu_add else None
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
+    r64 = res.detach().double().requires_grad_() if relu_add else None
+
+    def act(y, r):
+        return torch.relu(y + r) if relu_add else y
+
+    def fwd(*args, **kwargs):
+        if relu_add:
+            return tritonbn.batch_norm_relu(*args, residual=res, **kwargs)
+        return tritonbn.batch_norm(*args, **kwargs)
+
+    y = fwd(x, None, None, w, b, training=True)
+    y64 = act(reference.batch_norm(x64, None, None, w64, b64, training=True), r64)
+    assert_close(y, y64, dtype, "y", "train y")
+    xhat = (x64 - x64.mean((0, 2, 3), keepdim=True)) / x64.std((0, 2, 3), keepdim=True)
+    dy = (0.5 * xhat.detach() + torch.randn(shape, dtype=torch.float64, device=kernels)).to(dtype)
+    got = torch.autograd.grad(y, (x, w), dy)
+    want = torch.autograd.grad(y64, (x64, w64), dy.double())
+    assert_close(got[0], want[0], dtype, "dx", "dx")
+    assert_close(got[1], want[1], dtype, "dweight", "dweight")
+    # eval: the running statistics are the batch's
+    mean64, var64, _ = reference.batch_norm_stats(x64.detach())
+    rm, rv = mean64.float(), var64.float()
+    y = fwd(x, rm, rv, w, b, training=False)
+    y64 = act(reference.batch_norm(x64, rm.double(), rv.double(), w64, b64, training=False), r64)
+    assert_close(y, y64, dtype, "y", "eval y")

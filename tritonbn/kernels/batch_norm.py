@@ -39,6 +39,17 @@ semantics after a CTA barrier, as CUTLASS's semaphore does). The ticket only ele
 itself reads the partials in a fixed order, so results are bit-for-bit deterministic. The ticket is reset
 by the program that takes it, so the launcher keeps one zeroed ticket buffer per device and stream.
 
+Arithmetic per element
+----------------------
+The elementwise passes normalise float32 and float64 tensors centred, ``(x - mean)·scale + shift``
+(an add and a fused multiply-add per element): when |mean| >> std the uncentred ``x·scale + (shift -
+mean·scale)`` would lose log2(|mean| / std) bits. float16 and bfloat16 tensors take the uncentred form, one
+fused multiply-add (``CENTRE`` off; likewise dx = ``g·scale + (x·beta + gamma - mean·beta)``): its float32
+error, about 2^-23·|mean·scale|, is 2^11 to 2^14 times smaller than the error with which x itself is stored
+(2^-12 to 2^-9 of |x| ~ |mean|), so the result matches the centred form to well within the output's
+rounding. The reductions always centre (x - K, x - mean): their sums would cancel. ReLU is the
+NaN-propagating maximum (one ``max.NaN`` on sm_80 and newer).
+
 The generic :func:`channel_sums_kernel` and :func:`channel_affine_kernel` (the same grid of chunks) serve
 the differentiable primitives of the double backward.
 """
@@ -206,14 +217,14 @@ def _aligned_strides(sn, ss, sc, VEC: tl.constexpr, INNER_C: tl.constexpr):
 
 
 @_device
-def _load_zero_rows(base, rel, mask, ROW_MASK: tl.constexpr, ACC: tl.constexpr):
+def _load_zero_rows(ptr, off, rel, mask, ROW_MASK: tl.constexpr, ACC: tl.constexpr):
     """A tile in the accumulation dtype, 0 on rows masked off along N or S (with ROW_MASK); lanes masked off
     along C (MASK_C alone) are left unset: their sums are never stored (lanes of channels past C) or never
     summed into a channel (a FLAT reduction's lanes past its block, see :func:`_segment_sum`)."""
     if ROW_MASK:
-        return tl.load(base + rel, mask=mask, other=0.0).to(ACC)
+        return tl.load(ptr + (off + rel), mask=mask, other=0.0).to(ACC)
     else:
-        return tl.load(base + rel, mask=mask).to(ACC)
+        return tl.load(ptr + (off + rel), mask=mask).to(ACC)
 
 
 @_device
@@ -268,8 +279,9 @@ def _clamp0(v):
 
 @_device
 def _relu(v):
-    """max(v, 0) that keeps NaN, as torch.relu does (a hardware max would drop it)."""
-    return tl.where(v < 0, 0.0, v)
+    """max(v, 0) that keeps NaN, as torch.relu does: the NaN-propagating maximum (one ``max.NaN``
+    instruction on sm_80 and newer; a plain hardware max would drop the NaN)."""
+    return tl.maximum(v, 0.0, propagate_nan=tl.PropagateNan.ALL)
 
 
 @_device
@@ -592,9 +604,9 @@ def bn_forward_stats_kernel(
     if SINGLE:
         mask = _tile_mask(n0, s0, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C)
         if MASK_N or MASK_S:
-            d = tl.load((x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE)) + rel_x, mask=mask, other=k_other).to(ACC)
+            d = tl.load(x_ptr + (_off(n0, s0, c0, sxn, sxs, sxc, WIDE) + rel_x), mask=mask, other=k_other).to(ACC)
         else:
-            d = tl.load((x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE)) + rel_x, mask=mask).to(ACC)
+            d = tl.load(x_ptr + (_off(n0, s0, c0, sxn, sxs, sxc, WIDE) + rel_x), mask=mask).to(ACC)
         d = d - k_lane[None, :]
         sd = _sum_nc(d)
         sdd = _sum_nc(d * d)
@@ -628,11 +640,11 @@ def bn_forward_stats_kernel(
         y = d * scale[None, :] + shift[None, :]
         if HAS_RES:
             rel_r = _other_rel(rel_x, srn, srs, src, SAME_STRIDES, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
-            y += tl.load((res_ptr + _off(n0, s0, c0, srn, srs, src, WIDE)) + rel_r, mask=mask).to(ACC)
+            y += tl.load(res_ptr + (_off(n0, s0, c0, srn, srs, src, WIDE) + rel_r), mask=mask).to(ACC)
         if RELU:
             y = _relu(y)
         rel_y = _other_rel(rel_x, syn, sys_, syc, SAME_STRIDES, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
-        tl.store((y_ptr + _off(n0, s0, c0, syn, sys_, syc, WIDE)) + rel_y, y.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(y_ptr + (_off(n0, s0, c0, syn, sys_, syc, WIDE) + rel_y), y.to(y_ptr.dtype.element_ty), mask=mask)
     else:
         t1 = tl.minimum(t0 + TPP, T)
         acc_d = tl.zeros([BLOCK_N * BLOCK_S, BLOCK_C], dtype=ACC)
@@ -641,9 +653,9 @@ def bn_forward_stats_kernel(
         for _ in range(t0, t1):
             n0, s0, mask = _tile(nb, sb, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C, ONE_S_BLOCK)
             if MASK_N or MASK_S:
-                x = tl.load((x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE)) + rel_x, mask=mask, other=k_other)
+                x = tl.load(x_ptr + (_off(n0, s0, c0, sxn, sxs, sxc, WIDE) + rel_x), mask=mask, other=k_other)
             else:
-                x = tl.load((x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE)) + rel_x, mask=mask)
+                x = tl.load(x_ptr + (_off(n0, s0, c0, sxn, sxs, sxc, WIDE) + rel_x), mask=mask)
             d = x.to(ACC) - k_lane[None, :]
             acc_d += d
             acc_dd += d * d
@@ -770,15 +782,21 @@ def bn_forward_apply_kernel(
     t0 = pid_p * TPP
     t1 = tl.minimum(t0 + TPP, T)
     nb, sb = _tile_start(t0, SB, BLOCK_N, BLOCK_S, WIDE)
+    CENTRE: tl.constexpr = x_ptr.dtype.element_ty.primitive_bitwidth > 16  # see the module docstring
+    if not CENTRE:
+        bias = bias - mean * scale
     for _ in range(t0, t1):
         n0, s0, mask = _tile(nb, sb, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C, ONE_S_BLOCK)
-        x = tl.load((x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE)) + rel_x, mask=mask).to(ACC)
-        y = (x - mean[None, :]) * scale[None, :] + bias[None, :]
+        x = tl.load(x_ptr + (_off(n0, s0, c0, sxn, sxs, sxc, WIDE) + rel_x), mask=mask).to(ACC)
+        if CENTRE:
+            y = (x - mean[None, :]) * scale[None, :] + bias[None, :]
+        else:
+            y = x * scale[None, :] + bias[None, :]
         if HAS_RES:
-            y += tl.load((res_ptr + _off(n0, s0, c0, srn, srs, src, WIDE)) + rel_r, mask=mask).to(ACC)
+            y += tl.load(res_ptr + (_off(n0, s0, c0, srn, srs, src, WIDE) + rel_r), mask=mask).to(ACC)
         if RELU:
             y = _relu(y)
-        tl.store((y_ptr + _off(n0, s0, c0, syn, sys_, syc, WIDE)) + rel_y, y.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(y_ptr + (_off(n0, s0, c0, syn, sys_, syc, WIDE) + rel_y), y.to(y_ptr.dtype.element_ty), mask=mask)
         nb, sb = _advance(nb, sb, SB, ONE_S_BLOCK)
 
 
@@ -894,18 +912,18 @@ def bn_backward_reduce_kernel(
         n0 = nb * BLOCK_N
         s0 = nb * 0
         mask = _tile_mask(n0, s0, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C)
-        g = _load_zero_rows(dy_ptr + _off(n0, s0, c0, sgn, sgs, sgc, WIDE), rel_g, mask, MASK_N or MASK_S, ACC)
+        g = _load_zero_rows(dy_ptr, _off(n0, s0, c0, sgn, sgs, sgc, WIDE), rel_g, mask, MASK_N or MASK_S, ACC)
         if GATE:
-            gate = tl.load((y_ptr + _off(n0, s0, c0, syn, sys_, syc, WIDE)) + rel_y, mask=mask)
+            gate = tl.load(y_ptr + (_off(n0, s0, c0, syn, sys_, syc, WIDE) + rel_y), mask=mask)
             g = tl.where(gate <= 0, 0.0, g)
         if WRITE_DRES:
             tl.store(
-                (dres_ptr + _off(n0, s0, c0, sdn, sds, sdc, WIDE)) + rel_d, g.to(dres_ptr.dtype.element_ty), mask=mask
+                dres_ptr + (_off(n0, s0, c0, sdn, sds, sdc, WIDE) + rel_d), g.to(dres_ptr.dtype.element_ty), mask=mask
             )
         sum_g = _sum_nc(g)
         if NEED_XMU:
             # masked lanes: g = 0, so x - mean (finite) adds nothing
-            x = _load_zero_rows(x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE), rel_x, mask, MASK_N or MASK_S, ACC)
+            x = _load_zero_rows(x_ptr, _off(n0, s0, c0, sxn, sxs, sxc, WIDE), rel_x, mask, MASK_N or MASK_S, ACC)
             xm = x - mean_l[None, :]
             sum_gx = _sum_nc(g * xm)
         else:
@@ -933,7 +951,7 @@ def bn_backward_reduce_kernel(
             else:
                 dx = g * scale_l[None, :]
             tl.store(
-                (dx_ptr + _off(n0, s0, c0, sdn, sds, sdc, WIDE)) + rel_d, dx.to(dx_ptr.dtype.element_ty), mask=mask
+                dx_ptr + (_off(n0, s0, c0, sdn, sds, sdc, WIDE) + rel_d), dx.to(dx_ptr.dtype.element_ty), mask=mask
             )
     else:
         acc_g = tl.zeros([BLOCK_N * BLOCK_S, BLOCK_C], dtype=ACC)
@@ -941,22 +959,22 @@ def bn_backward_reduce_kernel(
         t1 = tl.minimum(t0 + TPP, T)
         for _ in range(t0, t1):
             n0, s0, mask = _tile(nb, sb, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C, ONE_S_BLOCK)
-            g = _load_zero_rows(dy_ptr + _off(n0, s0, c0, sgn, sgs, sgc, WIDE), rel_g, mask, MASK_N or MASK_S, ACC)
+            g = _load_zero_rows(dy_ptr, _off(n0, s0, c0, sgn, sgs, sgc, WIDE), rel_g, mask, MASK_N or MASK_S, ACC)
             if GATE:
-                gate = tl.load((y_ptr + _off(n0, s0, c0, syn, sys_, syc, WIDE)) + rel_y, mask=mask)
+                gate = tl.load(y_ptr + (_off(n0, s0, c0, syn, sys_, syc, WIDE) + rel_y), mask=mask)
                 g = tl.where(gate <= 0, 0.0, g)
             acc_g += g
             if NEED_XMU:
-                x = _load_zero_rows(x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE), rel_x, mask, MASK_N or MASK_S, ACC)
+                x = _load_zero_rows(x_ptr, _off(n0, s0, c0, sxn, sxs, sxc, WIDE), rel_x, mask, MASK_N or MASK_S, ACC)
                 acc_gx += g * (x - mean_l[None, :])  # g is 0 on rows masked off along N or S
             if WRITE_DX:
                 dx = g * scale_l[None, :]
                 tl.store(
-                    (dx_ptr + _off(n0, s0, c0, sdn, sds, sdc, WIDE)) + rel_d, dx.to(dx_ptr.dtype.element_ty), mask=mask
+                    dx_ptr + (_off(n0, s0, c0, sdn, sds, sdc, WIDE) + rel_d), dx.to(dx_ptr.dtype.element_ty), mask=mask
                 )
             if WRITE_DRES:
                 tl.store(
-                    (dres_ptr + _off(n0, s0, c0, sdn, sds, sdc, WIDE)) + rel_d,
+                    dres_ptr + (_off(n0, s0, c0, sdn, sds, sdc, WIDE) + rel_d),
                     g.to(dres_ptr.dtype.element_ty),
                     mask=mask,
                 )
@@ -1107,23 +1125,30 @@ def bn_backward_dx_kernel(
     t0 = pid_p * TPP
     t1 = tl.minimum(t0 + TPP, T)
     nb, sb = _tile_start(t0, SB, BLOCK_N, BLOCK_S, WIDE)
+    CENTRE: tl.constexpr = x_ptr.dtype.element_ty.primitive_bitwidth > 16  # see the module docstring
+    if STATS_GRAD and not CENTRE:
+        gamma = gamma - mean * beta
     for _ in range(t0, t1):
         n0, s0, mask = _tile(nb, sb, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C, ONE_S_BLOCK)
-        g = tl.load((dy_ptr + _off(n0, s0, c0, sgn, sgs, sgc, WIDE)) + rel_g, mask=mask).to(ACC)
+        g = tl.load(dy_ptr + (_off(n0, s0, c0, sgn, sgs, sgc, WIDE) + rel_g), mask=mask).to(ACC)
         if GATE:
-            gate = tl.load((y_ptr + _off(n0, s0, c0, syn, sys_, syc, WIDE)) + rel_y, mask=mask)
+            gate = tl.load(y_ptr + (_off(n0, s0, c0, syn, sys_, syc, WIDE) + rel_y), mask=mask)
             g = tl.where(gate <= 0, 0.0, g)
         if WRITE_DX:
-            dx = g * scale[None, :]
             if STATS_GRAD:
-                x = tl.load((x_ptr + _off(n0, s0, c0, sxn, sxs, sxc, WIDE)) + rel_x, mask=mask).to(ACC)
-                dx = (dx + gamma[None, :]) + (x - mean[None, :]) * beta[None, :]
+                x = tl.load(x_ptr + (_off(n0, s0, c0, sxn, sxs, sxc, WIDE) + rel_x), mask=mask).to(ACC)
+                if CENTRE:
+                    dx = (g * scale[None, :] + gamma[None, :]) + (x - mean[None, :]) * beta[None, :]
+                else:
+                    dx = g * scale[None, :] + (x * beta[None, :] + gamma[None, :])
+            else:
+                dx = g * scale[None, :]
             tl.store(
-                (dx_ptr + _off(n0, s0, c0, sdn, sds, sdc, WIDE)) + rel_d, dx.to(dx_ptr.dtype.element_ty), mask=mask
+                dx_ptr + (_off(n0, s0, c0, sdn, sds, sdc, WIDE) + rel_d), dx.to(dx_ptr.dtype.element_ty), mask=mask
             )
         if WRITE_DRES:
             tl.store(
-                (dres_ptr + _off(n0, s0, c0, sdn, sds, sdc, WIDE)) + rel_d, g.to(dres_ptr.dtype.element_ty), mask=mask
+                dres_ptr + (_off(n0, s0, c0, sdn, sds, sdc, WIDE) + rel_d), g.to(dres_ptr.dtype.element_ty), mask=mask
             )
         nb, sb = _advance(nb, sb, SB, ONE_S_BLOCK)
 
@@ -1250,18 +1275,18 @@ def channel_sums_kernel(
     for _ in range(t0, t1):
         n0, s0, mask = _tile(nb, sb, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C, ONE_S_BLOCK)
         # rows masked off along N or S add exactly 0; lanes of channels past C are never stored
-        a = tl.load((u_ptr + _off(n0, s0, c0, sun, sus, suc, WIDE)) + rel_u, mask=mask, other=0.0).to(ACC)
+        a = tl.load(u_ptr + (_off(n0, s0, c0, sun, sus, suc, WIDE) + rel_u), mask=mask, other=0.0).to(ACC)
         if HAS_MU_U:
             a = a - mu_u[None, :]
             if MASK_N or MASK_S:
                 a = tl.where(mask, a, 0.0)
         if HAS_GATE:
-            gate = tl.load((gate_ptr + _off(n0, s0, c0, sgn, sgs, sgc, WIDE)) + rel_g, mask=mask)
+            gate = tl.load(gate_ptr + (_off(n0, s0, c0, sgn, sgs, sgc, WIDE) + rel_g), mask=mask)
             a = tl.where(gate <= 0, 0.0, a)
         if WANT_SUM_U:
             acc_a += a
         if HAS_V:
-            b = tl.load((v_ptr + _off(n0, s0, c0, svn, svs, svc, WIDE)) + rel_v, mask=mask, other=0.0).to(ACC)
+            b = tl.load(v_ptr + (_off(n0, s0, c0, svn, svs, svc, WIDE) + rel_v), mask=mask, other=0.0).to(ACC)
             if HAS_MU_V:
                 b = b - mu_v[None, :]
                 if MASK_N or MASK_S:
@@ -1357,17 +1382,17 @@ def channel_affine_kernel(
     for _ in range(t0, t1):
         n0, s0, mask = _tile(nb, sb, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C, ONE_S_BLOCK)
         if GATE != 0:
-            gate = tl.load((gate_ptr + _off(n0, s0, c0, sgn, sgs, sgc, WIDE)) + rel_g, mask=mask)
+            gate = tl.load(gate_ptr + (_off(n0, s0, c0, sgn, sgs, sgc, WIDE) + rel_g), mask=mask)
         out = tl.zeros([BLOCK_N * BLOCK_S, BLOCK_C], dtype=ACC)
         if HAS_T1:
-            v1 = tl.load((t1_ptr + _off(n0, s0, c0, s1n, s1s, s1c, WIDE)) + rel_1, mask=mask).to(ACC)
+            v1 = tl.load(t1_ptr + (_off(n0, s0, c0, s1n, s1s, s1c, WIDE) + rel_1), mask=mask).to(ACC)
             if HAS_MU1:
                 v1 = v1 - mu1[None, :]
             if GATE == 1:
                 v1 = tl.where(gate <= 0, 0.0, v1)
             out = v1 * a1[None, :]
         if HAS_T2:
-            v2 = tl.load((t2_ptr + _off(n0, s0, c0, s2n, s2s, s2c, WIDE)) + rel_2, mask=mask).to(ACC)
+            v2 = tl.load(t2_ptr + (_off(n0, s0, c0, s2n, s2s, s2c, WIDE) + rel_2), mask=mask).to(ACC)
             if HAS_MU2:
                 v2 = v2 - mu2[None, :]
             if HAS_T1:
@@ -1383,5 +1408,5 @@ def channel_affine_kernel(
             out = _relu(out)
         if GATE == 2:
             out = tl.where(gate <= 0, 0.0, out)
-        tl.store((out_ptr + _off(n0, s0, c0, son, sos, soc, WIDE)) + rel_o, out.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_ptr + (_off(n0, s0, c0, son, sos, soc, WIDE) + rel_o), out.to(out_ptr.dtype.element_ty), mask=mask)
         nb, sb = _advance(nb, sb, SB, ONE_S_BLOCK)
