@@ -47,6 +47,8 @@ SHAPES = {
     "nhwc": ((3, 5, 3, 3), "channels_last"),
     # C = 12: VEC = 4 with masks on C
     "nhwc-vec4": ((2, 12, 3, 3), "channels_last"),
+    # C = 48: three unmasked blocks of 16 channels (with tiles narrower than C)
+    "nhwc-c48": ((2, 48, 2, 3), "channels_last"),
     # (N, C): rows are the samples
     "2d": ((37, 6), "contiguous"),
     # a strided view (every other sample): N and S cannot fold, sample blocks of their own
@@ -203,6 +205,28 @@ def test_flat_elementwise_passes(tile_policy, shape, layout, flat, vec):
     if flat:
         assert (*sizes, positions) == (1, shape[0], rows.C * rows.S, rows.S) and geo.INNER_C and geo.TPP >= 2
         assert ints[3:6] == (0, rows.strides[0][0], 1)  # (n: the tile rows, then the flat axis of stride 1)
+
+
+@pytest.mark.parametrize(
+    "C, single, block_c, mask_c",
+    [
+        (96, False, 32, False),  # 3 blocks of 32, not 2 of 64 with the second half empty
+        (48, False, 16, False),
+        (48, True, 16, False),
+        (64, False, 64, False),
+        (1000, False, 64, True),  # 1000 = 8 x 125: blocks of 8 would be too narrow, keep 64 and mask
+        (40, False, 64, True),
+        (3, False, 4, True),
+    ],
+)
+def test_channel_blocks_divide_c_where_they_can(tile_policy, C, single, block_c, mask_c):
+    """Channels-innermost tiles (channels_last, (N, C)) take blocks of channels that divide C when C has a
+    power-of-two factor of at least MIN_UNMASKED_CHANNELS (GPU policy), on the loop and one-tile paths."""
+    tile_policy(tile=2048, single=8192, programs=1024, min_tiles=4, min_programs=256)
+    N = 4 if single else 4096
+    rows = launch.rows_view(launch.ncs_view(torch.empty((N, C), device="meta")))
+    geo = launch.geometry(rows, single_ok=single)
+    assert (geo.single, geo.BLOCK_C, geo.MASK_C, geo.CB) == (single, block_c, mask_c, -(-C // block_c))
 
 
 @pytest.mark.parametrize(

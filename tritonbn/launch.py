@@ -151,7 +151,21 @@ MIN_UNMASKED_RUN = 16
 """Channels-outermost tiles take position blocks that divide S (no mask on S) when S has a power-of-two
 factor of at least this many positions (a contiguous run of 32 bytes or more per sample) and the tile stays
 at least half full."""
+MIN_UNMASKED_CHANNELS = 16
+"""Channels-innermost tiles take channel blocks that divide C (no mask on C) when C has a power-of-two
+factor of at least this many channels: C = 96 runs as 3 blocks of 32, not 2 of 64 whose second is half empty."""
 _COUNT_EXACT = 1 << 24  # a chunk's element count stays exact in float32
+
+
+def _channel_block(C: int, cap: int) -> int:
+    """Channels per tile when channels are innermost: a power of two up to ``cap``, dividing C where
+    :data:`MIN_UNMASKED_CHANNELS` allows."""
+    bc = min(_p2(C), cap)
+    if C % bc:
+        run = min(C & -C, cap)
+        if run >= MIN_UNMASKED_CHANNELS:
+            bc = run
+    return bc
 
 
 def _launch(kernel, grid, args, meta):
@@ -301,7 +315,7 @@ def geometry(
         pc, cb_seg, mask_c = _p2(lanes), triton.cdiv(channels, bch), lanes != _p2(lanes) or channels % bch != 0
     if single_ok and segment is None:
         # One program per channel block holding all of its rows: the one-launch path.
-        bc = min(pc, 64) if inner else 1
+        bc = _channel_block(C, 64) if inner else 1
         while inner and bc > min(pc, 8) and pn * ps * bc > SINGLE_MAX_ELEMENTS:
             bc //= 2
         if pn * ps * bc <= SINGLE_MAX_ELEMENTS:
@@ -330,7 +344,7 @@ def geometry(
                 inner,
             )
     tile = TILE_ELEMENTS // width
-    bc = min(pc, FLAT_BLOCK_C if flat else 64) if inner else 1
+    bc = _channel_block(C, FLAT_BLOCK_C if flat else 64) if inner else 1
     if segment is not None:
         bc = pc
     bs = min(ps, max(1, tile // bc))
