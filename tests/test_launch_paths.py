@@ -49,6 +49,9 @@ SHAPES = {
     "nhwc-vec4": ((2, 12, 3, 3), "channels_last"),
     # C = 48: three unmasked blocks of 16 channels (with tiles narrower than C)
     "nhwc-c48": ((2, 48, 2, 3), "channels_last"),
+    # C a power of two: the elementwise passes' tiles are contiguous blocks (DENSE)
+    "nhwc-dense": ((3, 8, 2, 3), "channels_last"),
+    "2d-dense": ((37, 16), "contiguous"),
     # (N, C): rows are the samples
     "2d": ((37, 6), "contiguous"),
     # a strided view (every other sample): N and S cannot fold, sample blocks of their own
@@ -108,7 +111,7 @@ def test_train_paths_other_dtypes(kernels, tile_policy, policy, dtype):
 
 
 @pytest.mark.parametrize("policy", ["one-tile", "many-chunks", "chunk-loops"])
-@pytest.mark.parametrize("shape_name", ["nchw-odd", "nchw-flat", "nhwc", "strided"])
+@pytest.mark.parametrize("shape_name", ["nchw-odd", "nchw-flat", "nhwc", "nhwc-dense", "strided"])
 def test_fused_add_relu_paths(kernels, tile_policy, policy, shape_name):
     tile_policy(**POLICIES[policy])
     shape, layout = SHAPES[shape_name]
@@ -198,7 +201,8 @@ def test_flat_elementwise_passes(tile_policy, shape, layout, flat, vec):
     x = torch.empty(shape, device="meta")
     x = x.to(memory_format=torch.channels_last) if layout == "channels_last" else x
     rows = launch.rows_view(launch.ncs_view(x), launch.ncs_view(torch.empty_like(x)))
-    geo, ints, is_flat = launch.elementwise_launch(rows, False, 3)
+    ew = launch.elementwise_launch(rows, False, 3, 4)
+    geo, ints, is_flat = ew.geo, ew.ints, ew.flat
     assert (is_flat, geo.VEC) == (flat, vec)
     sizes, (tpp, table_channels, positions) = ints[:3], ints[-3:]
     assert table_channels == shape[1] and tpp == geo.TPP
@@ -208,20 +212,57 @@ def test_flat_elementwise_passes(tile_policy, shape, layout, flat, vec):
 
 
 @pytest.mark.parametrize(
+    "shape, layout, itemsize, block_s, block_c, dense",
+    [
+        ((32, 64, 56, 56), "channels_last", 4, 32, 64, True),  # rows of exactly BLOCK_C channels
+        ((32, 256, 14, 14), "channels_last", 4, 8, 256, True),
+        ((32, 512, 14, 14), "channels_last", 4, 4, 512, True),
+        # as wide as 128 threads' 16-byte accesses: one access's channels per thread
+        ((32, 2048, 7, 7), "channels_last", 4, 4, 512, False),
+        ((32, 64, 56, 56), "channels_last", 2, 32, 64, False),  # half precision: two accesses per thread
+        ((32, 2048, 7, 7), "channels_last", 2, 2, 1024, False),
+        ((8, 96, 28, 28), "channels_last", 4, 64, 32, False),  # rows of 96 channels, tiles of 32
+        ((4096, 256), "contiguous", 8, 4, 256, True),  # (N, C), float64: tiles of 1024 elements
+        ((32, 64, 56, 56), "contiguous", 4, 64, 1, False),  # NCHW: a tile spans 32 samples
+    ],
+)
+def test_dense_elementwise_tiles(tile_policy, shape, layout, itemsize, block_s, block_c, dense):
+    """The elementwise passes take channel blocks as wide as the threads' 16-byte accesses span, so that with C
+    a power of two up to that width each tile is one contiguous block (DENSE: a thread's accesses are
+    immediate offsets from one address) where elements are 4 bytes or more; they still launch a full GPU's
+    programs (GPU policy)."""
+    tile_policy(tile=2048, programs=1024, min_tiles=4, min_programs=256)
+    x = torch.empty(shape, device="meta")
+    x = x.to(memory_format=torch.channels_last) if layout == "channels_last" else x
+    rows = launch.rows_view(launch.ncs_view(x), launch.ncs_view(torch.empty_like(x)))
+    ew = launch.elementwise_launch(rows, itemsize == 8, 3, itemsize)
+    geo = ew.geo
+    assert (geo.BLOCK_S, geo.BLOCK_C, ew.dense, ew.flat) == (block_s, block_c, dense, False)
+    assert ew.meta()["DENSE"] == dense and not geo.MASK_C
+    if dense:
+        assert geo.BLOCK_N == 1 and all(ss == block_c or block_s == 1 for _, ss, _ in rows.strides)
+    # no merge bounds an elementwise pass's chunks: however wide the channel blocks, the programs fill the GPU
+    # (a merge's bound would leave 16384 / 1024 = 16 chunks)
+    assert min(150, geo.CB * geo.T // 8) <= geo.CB * geo.P and geo.P * geo.TPP >= geo.T > (geo.P - 1) * geo.TPP
+
+
+@pytest.mark.parametrize(
     "C, single, block_c, mask_c",
     [
         (96, False, 32, False),  # 3 blocks of 32, not 2 of 64 with the second half empty
         (48, False, 16, False),
         (48, True, 16, False),
         (64, False, 64, False),
-        (1000, False, 64, True),  # 1000 = 8 x 125: blocks of 8 would be too narrow, keep 64 and mask
-        (40, False, 64, True),
+        (1000, False, 64, True),  # 1024 lanes for 1000 channels: within 1/8
+        (2064, False, 64, True),  # not 129 blocks of 16
+        (40, False, 16, True),  # 48 lanes, not 64
+        (24, False, 32, True),  # no block within 1/8: the least padding, the widest
         (3, False, 4, True),
     ],
 )
-def test_channel_blocks_divide_c_where_they_can(tile_policy, C, single, block_c, mask_c):
-    """Channels-innermost tiles (channels_last, (N, C)) take blocks of channels that divide C when C has a
-    power-of-two factor of at least MIN_UNMASKED_CHANNELS (GPU policy), on the loop and one-tile paths."""
+def test_channel_blocks_leave_little_padding(tile_policy, C, single, block_c, mask_c):
+    """Channels-innermost tiles take the widest power-of-two channel block whose blocks leave at most 1/8 of
+    their lanes past C, down to MIN_CHANNEL_BLOCK channels (GPU policy), on the loop and one-tile paths."""
     tile_policy(tile=2048, single=8192, programs=1024, min_tiles=4, min_programs=256)
     N = 4 if single else 4096
     rows = launch.rows_view(launch.ncs_view(torch.empty((N, C), device="meta")))

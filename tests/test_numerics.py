@@ -146,12 +146,10 @@ def test_half_input_with_half_parameters_on_every_path(path):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("relu_add", [False, True], ids=["plain", "relu_add"])
 def test_half_input_with_large_mean_on_the_elementwise_passes(kernels, tile_policy, dtype, mean, layout, relu_add):
-    """Half-precision tensors are normalised uncentred, ``x·scale + (bias - mean·scale)`` and
-    ``dx = g·scale + (x·beta + gamma - mean·beta)``: one fused multiply-add per element fewer than the
-    centred form, whose accuracy only the float32 arithmetic bounds (see the kernels' module docstring). At
-    about the largest |mean| / std a channel of the dtype can hold (std = 8 ulps of the mean), train and
-    eval outputs, dx and dweight stay within the table's tolerances of the float64 reference; dy is
-    correlated with x so that dx's (x - mean) term is not negligible."""
+    """Half-precision channels far from zero (std = 8 ulps of the mean: float16 around 200, bfloat16
+    around 30) on the elementwise passes: train and eval outputs, dx and dweight stay within the table's
+    tolerances of the float64 reference (the passes centre, (x - mean)·scale, in float32); dy is correlated
+    with x so that dx's (x - mean) term is not negligible."""
     tile_policy(tile=8, single=0, programs=1 << 20)  # loops: the elementwise passes run
     shape = (5, 4, 3, 3)
     x = make_input(shape, dtype, kernels, layout, mean=mean).requires_grad_()
@@ -184,3 +182,24 @@ def test_half_input_with_large_mean_on_the_elementwise_passes(kernels, tile_poli
     y = fwd(x, rm, rv, w, b, training=False)
     y64 = act(reference.batch_norm(x64, rm.double(), rv.double(), w64, b64, training=False), r64)
     assert_close(y, y64, dtype, "y", "eval y")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_constant_half_channel_gives_exactly_the_bias(kernels, tile_policy, dtype):
+    """A constant channel far from zero, on the loop path (statistics, then the normalise pass): var = 0, so
+    scale = weight / sqrt(eps) is large, and y is exactly the bias, as in torch, in training and in eval
+    with a running variance of 0 (an uncentred x·scale - mean·scale would leave the rounding of mean·scale,
+    ~0.02 here, on a GPU's fused multiply-add). Within one rounding of the bias to the dtype: Triton's
+    interpreter converts float32 to bfloat16 by truncation, a GPU to nearest."""
+    tile_policy(tile=8, single=0, programs=1 << 20)
+    x = make_input((6, 3, 2, 3), dtype, kernels)
+    x[:, 1] = 1000.0
+    w = torch.rand(3, device=kernels) + 0.5
+    b = torch.randn(3, device=kernels)
+    one_rounding = torch.finfo(dtype).eps * b[1].abs().item()
+    y = tritonbn.batch_norm(x, None, None, w, b, training=True)
+    assert (y[:, 1].float() - b[1]).abs().max().item() <= one_rounding
+    rm = torch.tensor([0.0, 1000.0, 0.0], device=kernels)
+    rv = torch.tensor([1.0, 0.0, 1.0], device=kernels)
+    y = tritonbn.batch_norm(x, rm, rv, w, b, training=False)
+    assert (y[:, 1].float() - b[1]).abs().max().item() <= one_rounding

@@ -151,21 +151,25 @@ MIN_UNMASKED_RUN = 16
 """Channels-outermost tiles take position blocks that divide S (no mask on S) when S has a power-of-two
 factor of at least this many positions (a contiguous run of 32 bytes or more per sample) and the tile stays
 at least half full."""
-MIN_UNMASKED_CHANNELS = 16
-"""Channels-innermost tiles take channel blocks that divide C (no mask on C) when C has a power-of-two
-factor of at least this many channels: C = 96 runs as 3 blocks of 32, not 2 of 64 whose second is half empty."""
+MIN_CHANNEL_BLOCK = 16
+"""Channels-innermost tiles take the widest power-of-two channel block whose blocks leave at most 1/8 of
+their lanes past C, down to this many channels (32 bytes of float16 per row): C = 96 runs as 3 blocks of
+32, not 2 of 64 whose second is half empty; C = 1000 as blocks of 64, the last with 40 channels."""
 _COUNT_EXACT = 1 << 24  # a chunk's element count stays exact in float32
 
 
 def _channel_block(C: int, cap: int) -> int:
-    """Channels per tile when channels are innermost: a power of two up to ``cap``, dividing C where
-    :data:`MIN_UNMASKED_CHANNELS` allows."""
+    """Channels per tile when channels are innermost: a power of two up to ``cap``, the widest whose blocks
+    leave at most 1/8 of their lanes past C, else the one leaving the fewest (:data:`MIN_CHANNEL_BLOCK`)."""
+    widths = []
     bc = min(_p2(C), cap)
-    if C % bc:
-        run = min(C & -C, cap)
-        if run >= MIN_UNMASKED_CHANNELS:
-            bc = run
-    return bc
+    while True:
+        widths.append(bc)
+        if triton.cdiv(C, bc) * bc * 8 <= 9 * C or bc <= MIN_CHANNEL_BLOCK:
+            break
+        bc //= 2
+    # none within 1/8: the least padding, the widest of equals (C = 24: one block of 32, not two of 16)
+    return min(widths, key=lambda w: (triton.cdiv(C, w) * w, -w))
 
 
 def _launch(kernel, grid, args, meta):
@@ -287,17 +291,20 @@ def geometry(
     single_ok: bool = True,
     wide_acc: bool = False,
     flat: bool = False,
+    elementwise: int = 0,
     segment: tuple[int, int] | None = None,
 ) -> Geometry:
     """Tile shape and grid for a pass over ``rows`` (see the module and kernels' docstrings).
 
     Channels innermost (stride 1, as in channels_last and (N, C) inputs): tiles of up to 64 channels by
-    rows, read along C. Channels outermost (NC... layouts): one channel by a block of samples x positions,
-    read along the positions; S gets its own tile axis, so no element index is divided. ``flat``: ``rows``
-    is a FLAT view (:func:`flat_rows`), tiles up to FLAT_BLOCK_C lanes wide. ``segment`` = (channels per
-    program, positions per channel): ``rows`` is a FLAT view read by a reduction, whose programs each take the
-    lanes of whole channels (:func:`reduction_launch`; never one tile per channel block); the channel blocks
-    count those channels.
+    rows, read along C (:func:`_channel_block`); ``elementwise`` (the bytes of the smallest element of an
+    elementwise pass, 0 for other passes): up to as many channels as the threads' 16-byte accesses span
+    (see :func:`elementwise_launch`). Channels outermost (NC... layouts): one channel by a
+    block of samples x positions, read along the positions; S gets its own tile axis, so no element index is
+    divided. ``flat``: ``rows`` is a FLAT view (:func:`flat_rows`), tiles up to FLAT_BLOCK_C lanes wide.
+    ``segment`` = (channels per program, positions per channel): ``rows`` is a FLAT view read by a
+    reduction, whose programs each take the lanes of whole channels (:func:`reduction_launch`; never one tile
+    per channel block); the channel blocks count those channels.
     """
     N, S, C = rows.N, rows.S, rows.C
     sn, ss, sc = rows.strides[0]
@@ -344,7 +351,13 @@ def geometry(
                 inner,
             )
     tile = TILE_ELEMENTS // width
-    bc = _channel_block(C, FLAT_BLOCK_C if flat else 64) if inner else 1
+    if flat:
+        cap = FLAT_BLOCK_C
+    elif elementwise:
+        cap = max(64, min(tile, NUM_WARPS * 32 * max(1, 16 // elementwise)))
+    else:
+        cap = 64
+    bc = _channel_block(C, cap) if inner else 1
     if segment is not None:
         bc = pc
     bs = min(ps, max(1, tile // bc))
@@ -359,7 +372,8 @@ def geometry(
         CB, merged = cb_seg, bch
     T = NB * SB
     floor = max(T // MIN_TILES_PER_PROGRAM, triton.cdiv(MIN_PROGRAMS, CB))  # long loops, a full GPU
-    P = min(T, max(1, TARGET_PROGRAMS // CB), max(1, MERGE_MAX_VALUES // merged), max(1, floor))
+    merge_cap = T if elementwise else max(1, MERGE_MAX_VALUES // merged)  # (elementwise passes merge nothing)
+    P = min(T, max(1, TARGET_PROGRAMS // CB), merge_cap, max(1, floor))
     TPP = max(triton.cdiv(T, P), 1)
     TPP = min(TPP, max(1, _COUNT_EXACT // (bn * bs * (segment[1] if segment else 1))))
     P = triton.cdiv(T, TPP)
@@ -409,15 +423,46 @@ def _view_ints(view: Rows, tensors: int) -> tuple[int, ...]:
     return (view.N, view.S, view.C, *(v for st in strides for v in st))
 
 
-def elementwise_launch(rows: Rows, wide_acc: bool, tensors: int) -> tuple[Geometry, tuple[int, ...], bool]:
-    """(geometry, leading integer arguments, FLAT) of an elementwise pass over ``rows``.
+class Elementwise(NamedTuple):
+    """How an elementwise pass (normalise, dx) reads its tensors: the tiles' geometry, the kernels' leading
+    integer arguments, and the FLAT and DENSE switches."""
+
+    geo: Geometry
+    ints: tuple[int, ...]
+    flat: bool
+    dense: bool
+
+    def meta(self) -> dict:
+        return {**self.geo.meta(), "FLAT": self.flat, "DENSE": self.dense}
+
+
+def _dense(rows: Rows, geo: Geometry) -> bool:
+    """Whether every tile of ``geo`` over ``rows`` is one contiguous block of memory in every tensor: one
+    row of channels (channels innermost, BLOCK_S = 1), rows of exactly BLOCK_C channels one after the other,
+    or one run of positions. A thread's accesses then sit at constant distances from its first, which the
+    kernels address as immediate offsets from one pointer per tensor."""
+    if geo.BLOCK_N != 1:
+        return False
+    if geo.INNER_C:
+        return all(sc == 1 and (geo.BLOCK_S == 1 or ss == geo.BLOCK_C) for _, ss, sc in rows.strides)
+    return geo.BLOCK_C == 1 and all(ss == 1 for _, ss, _ in rows.strides)
+
+
+def elementwise_launch(rows: Rows, wide_acc: bool, tensors: int, itemsize: int) -> Elementwise:
+    """The tiles and leading integer arguments of an elementwise pass over ``rows``.
 
     The arguments are ``N, S, C, (sn, ss, sc) per tensor, SB, T, TPP, CR, CS``: the tiles' sizes, the strides
     of ``tensors`` tensors (zeros for those ``rows`` lacks), then the per-channel tables' length CR and, with
-    FLAT, the positions per channel CS. FLAT (:func:`flat_rows`) is taken when its accesses are wider than
-    those of the N x S x C tiles and each program loops over at least two tiles (its lanes' channels and
+    FLAT, the positions per channel CS. Channels-innermost tiles are as wide as the threads' 16-byte
+    accesses span (512 float32 channels at 4 warps, 1024 in half precision), so a thread still holds one
+    access's worth of channels and loads their per-channel values once per program, and with C a power of
+    two up to that width every tile is one contiguous block (DENSE, :func:`_dense`; taken for elements of 4
+    bytes or more, ``itemsize`` being the smallest of the pass's tensors: a thread's four 16-byte accesses
+    per tensor then need one address instead of four, while two accesses of half-precision elements are
+    cheaper addressed one by one). FLAT (:func:`flat_rows`) is taken when its accesses are wider than those
+    of the N x S x C tiles and each program loops over at least two tiles (its lanes' channels and
     per-channel values are found once per program)."""
-    geo = geometry(rows, single_ok=False, wide_acc=wide_acc)
+    geo = geometry(rows, single_ok=False, wide_acc=wide_acc, elementwise=itemsize)
     view, flat, cs = rows, False, 1
     frows = flat_rows(rows) if geo.VEC < 16 else None
     if frows is not None:
@@ -425,7 +470,7 @@ def elementwise_launch(rows: Rows, wide_acc: bool, tensors: int) -> tuple[Geomet
         if fgeo.VEC > geo.VEC and fgeo.TPP >= 2:
             geo, view, flat, cs = fgeo, frows, True, rows.S
     ints = (*_view_ints(view, tensors), geo.SB, geo.T, geo.TPP, rows.C, cs)
-    return geo, ints, flat
+    return Elementwise(geo, ints, flat, itemsize >= 4 and _dense(view, geo))
 
 
 class Reduction(NamedTuple):
@@ -592,9 +637,9 @@ def _forward_plan(x, residual, training, has_w, has_b, has_running, relu) -> _Pl
     acc = acc_dtype(x.dtype)
     flags = {"HAS_W": has_w, "HAS_B": has_b, "HAS_RES": residual is not None, "RELU": relu, "ACC": _tl_acc(acc)}
     if not training:
-        geo, eints, flat = elementwise_launch(rows, acc == torch.float64, 3)
-        meta = {**geo.meta(), **flags, "FLAT": flat, "EVAL": True}
-        launch = (bn_forward_apply_kernel, geo.grid, eints, meta)
+        ew = elementwise_launch(rows, acc == torch.float64, 3, x.element_size())
+        meta = {**ew.meta(), **flags, "EVAL": True}
+        launch = (bn_forward_apply_kernel, ew.geo.grid, ew.ints, meta)
         return _Plan(None if y.stride() == x.stride() else y.stride(), 4, acc, 0, (launch,), ())
     red = reduction_launch(rows, True, acc == torch.float64, x.element_size())
     geo = red.geo
@@ -603,9 +648,9 @@ def _forward_plan(x, residual, training, has_w, has_b, has_running, relu) -> _Pl
     args = (*red.ints(3), geo.SB, geo.T, geo.TPP, geo.P, M, red.channels, red.positions)
     launches = [(bn_forward_stats_kernel, geo.grid, args, meta)]
     if not geo.single:
-        geo2, eints, flat = elementwise_launch(rows, acc == torch.float64, 3)
-        meta2 = {**geo2.meta(), **flags, "FLAT": flat, "EVAL": False}
-        launches.append((bn_forward_apply_kernel, geo2.grid, eints, meta2))
+        ew = elementwise_launch(rows, acc == torch.float64, 3, x.element_size())
+        meta2 = {**ew.meta(), **flags, "EVAL": False}
+        launches.append((bn_forward_apply_kernel, ew.geo.grid, ew.ints, meta2))
     ws_rows = 4 if geo.single else 4 + 3 * geo.P
     out_stride = None if y.stride() == x.stride() else y.stride()
     return _Plan(
@@ -872,16 +917,15 @@ def _backward_plan(dy, x, gate, stats_grad, need_input, need_weight, need_bias, 
         lock_blocks = 0 if geo.single else geo.CB
         rest = writes and not in_pass
     if rest:
-        geo, eints, flat = elementwise_launch(rows, acc == torch.float64, 4)
+        ew = elementwise_launch(rows, acc == torch.float64, 4, min(dy.element_size(), x.element_size()))
         meta = {
-            **geo.meta(),
+            **ew.meta(),
             **flags,
-            "FLAT": flat,
             "STATS_GRAD": stats_grad and need_sums,
             "WRITE_DX": need_input,
             "WRITE_DRES": need_residual,
         }
-        launches.append((bn_backward_dx_kernel, geo.grid, eints, meta))
+        launches.append((bn_backward_dx_kernel, ew.geo.grid, ew.ints, meta))
     out_stride = None if out is None or out.stride() == x.stride() else out.stride()
     return _Plan(out_stride, ws_rows, acc, lock_blocks, tuple(launches), ())
 
@@ -905,10 +949,10 @@ def bn_backward_dx(
     dres = torch.empty_like(dx, dtype=grad_output.dtype) if write_dres else None
     yv = ncs_view(relu_output) if relu_output is not None else xv
     rows = rows_view(gv, xv, yv, ncs_view(dx))
-    geo, ints, flat = elementwise_launch(rows, x.dtype == torch.float64, 4)
+    ew = elementwise_launch(rows, x.dtype == torch.float64, 4, min(grad_output.element_size(), x.element_size()))
+    geo, ints = ew.geo, ew.ints
     meta = {
-        **geo.meta(),
-        "FLAT": flat,
+        **ew.meta(),
         "STATS_GRAD": True,
         "GATE": relu_output is not None,
         "WRITE_DX": True,
@@ -955,10 +999,10 @@ def bn_apply(
     y = _empty_output(xv.tensor, x.dtype)
     views = [xv, ncs_view(y)] + ([ncs_view(residual)] if residual is not None else [])
     rows = rows_view(*views)
-    geo, ints, flat = elementwise_launch(rows, x.dtype == torch.float64, 3)
-    meta = geo.meta()
+    ew = elementwise_launch(rows, x.dtype == torch.float64, 3, x.element_size())
+    geo, ints = ew.geo, ew.ints
+    meta = ew.meta()
     meta.update(
-        FLAT=flat,
         EVAL=False,
         HAS_W=False,
         HAS_B=bias is not None,

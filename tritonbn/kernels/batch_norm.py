@@ -6,11 +6,14 @@ Every kernel sees a tensor as ``N`` samples x ``S`` positions x ``C`` channels w
 (the launcher collapses the spatial dims, and folds N into S when the two are one dense axis, as in
 channels_last and (N, C) inputs). A program works on 3-d tiles ``BLOCK_N x BLOCK_S x BLOCK_C``: sample,
 position and channel each have their own tile axis, so no element index is ever divided (a flat row index
-``r`` would need ``r // S`` per element). Element offsets inside a tile are int32 (int64 with ``WIDE``,
-when a tile spans more than 2^31 elements) added to an int64 tile base, so tensors beyond 2^31 elements
-work. ``MASK_N/MASK_S/MASK_C`` are set only for the axes a tile can overhang: a tensor whose sizes are
-multiples of the tile runs without masks, and unit strides are specialised by Triton, so contiguous axes
-get vector loads wherever alignment allows.
+``r`` would need ``r // S`` per element). A tile's offset and its lanes' offsets are int32, added in
+32 bits before the pointer (one multiply-add per access), unless some element of the pass lies 2^31 or
+more elements from the tensor's start (``WIDE``, blocks rounded up): then int64, so tensors beyond 2^31
+elements work. A tile that is one contiguous block (``DENSE``) adds its lanes' compile-time offsets to
+the 64-bit tile pointer instead, as immediate offsets from one address per thread.
+``MASK_N/MASK_S/MASK_C`` are set only for the axes a tile can overhang: a tensor whose sizes are multiples
+of the tile runs without masks, and unit strides are specialised by Triton, so contiguous axes get vector
+loads wherever alignment allows.
 
 The elementwise kernels (normalise, dx) and the reductions' loops also take a FLAT view: in NC... layouts
 every sample's (channel, position) plane is one contiguous axis of C·S values, aligned wherever C·S has a
@@ -41,14 +44,13 @@ by the program that takes it, so the launcher keeps one zeroed ticket buffer per
 
 Arithmetic per element
 ----------------------
-The elementwise passes normalise float32 and float64 tensors centred, ``(x - mean)·scale + shift``
-(an add and a fused multiply-add per element): when |mean| >> std the uncentred ``x·scale + (shift -
-mean·scale)`` would lose log2(|mean| / std) bits. float16 and bfloat16 tensors take the uncentred form, one
-fused multiply-add (``CENTRE`` off; likewise dx = ``g·scale + (x·beta + gamma - mean·beta)``): its float32
-error, about 2^-23·|mean·scale|, is 2^11 to 2^14 times smaller than the error with which x itself is stored
-(2^-12 to 2^-9 of |x| ~ |mean|), so the result matches the centred form to well within the output's
-rounding. The reductions always centre (x - K, x - mean): their sums would cancel. ReLU is the
-NaN-propagating maximum (one ``max.NaN`` on sm_80 and newer).
+The elementwise passes normalise centred, ``(x - mean)·scale + shift`` (an add and a fused multiply-add
+per element), in every dtype: the uncentred ``x·scale + (shift - mean·scale)`` would save the add but
+carries the rounding of ``mean·scale``, which is no longer small next to the output when var << eps (a
+constant channel of a large value would not give exactly ``shift``, as torch does, and an eval with a
+running variance near 0 would lose the result). ReLU is the NaN-propagating maximum (one ``max.NaN``
+instruction for float32 and half precision on sm_80 and newer; a select in float64): NaN stays NaN, and
+-0.0 becomes +0.0 (torch.relu keeps -0.0; both compare equal).
 
 The generic :func:`channel_sums_kernel` and :func:`channel_affine_kernel` (the same grid of chunks) serve
 the differentiable primitives of the double backward.
@@ -279,9 +281,14 @@ def _clamp0(v):
 
 @_device
 def _relu(v):
-    """max(v, 0) that keeps NaN, as torch.relu does: the NaN-propagating maximum (one ``max.NaN``
-    instruction on sm_80 and newer; a plain hardware max would drop the NaN)."""
-    return tl.maximum(v, 0.0, propagate_nan=tl.PropagateNan.ALL)
+    """max(v, 0) that keeps NaN, as torch.relu does: the NaN-propagating maximum, one ``max.NaN`` instruction
+    in float32 on sm_80 and newer (a plain hardware max would drop the NaN); in float64, which has no such
+    instruction (LLVM's expansion costs ~8 instructions per element), a compare and a select. -0.0 gives
+    +0.0 in float32 (torch.relu keeps -0.0)."""
+    if v.dtype == tl.float64:
+        return tl.where(v < 0, 0.0, v)
+    else:
+        return tl.maximum(v, 0.0, propagate_nan=tl.PropagateNan.ALL)
 
 
 @_device
@@ -457,6 +464,28 @@ def _off(n0, s0, c0, stride_n, stride_s, stride_c, WIDE: tl.constexpr):
         return n0.to(tl.int64) * stride_n + s0.to(tl.int64) * stride_s + c0.to(tl.int64) * stride_c
     else:
         return n0 * stride_n + s0 * stride_s + c0 * stride_c
+
+
+@_device
+def _at(ptr, off, rel, DENSE: tl.constexpr):
+    """The addresses of a tile at element offset ``off`` (uniform) with per-lane offsets ``rel``: the offsets
+    are summed first (in int32, one multiply-add per access; int64 with WIDE); but when the tile is one
+    contiguous block (DENSE: ``rel`` is a compile-time pattern) the lane offsets are added to the tile
+    pointer, so that a thread's accesses become immediate offsets from one address."""
+    if DENSE:
+        return (ptr + off) + rel
+    else:
+        return ptr + (off + rel)
+
+
+@_device
+def _dense_strides(ss, INNER_C: tl.constexpr, BLOCK_C: tl.constexpr, DENSE: tl.constexpr):
+    """The position stride for a tile's lane offsets: with DENSE and channels innermost, BLOCK_C (the tile's
+    rows are exactly BLOCK_C channels apart), a compile-time constant; otherwise ``ss`` itself."""
+    if DENSE and INNER_C:
+        return BLOCK_C
+    else:
+        return ss
 
 
 @_device
@@ -735,6 +764,7 @@ def bn_forward_apply_kernel(
     VEC: tl.constexpr,
     INNER_C: tl.constexpr,
     FLAT: tl.constexpr,
+    DENSE: tl.constexpr,
     EVAL: tl.constexpr,
     HAS_W: tl.constexpr,
     HAS_B: tl.constexpr,
@@ -776,27 +806,23 @@ def bn_forward_apply_kernel(
         bias = tl.load(b_ptr + ch, mask=m_c, other=0.0).to(ACC)
     else:
         bias = mean * 0.0
-    rel_x = _rel_offsets(sxn, sxs, sxc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
-    rel_y = _other_rel(rel_x, syn, sys_, syc, SAME_STRIDES, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
-    rel_r = _other_rel(rel_x, srn, srs, src, SAME_STRIDES, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+    rel_x = _rel_offsets(sxn, _dense_strides(sxs, INNER_C, BLOCK_C, DENSE), sxc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+    rel_y = _other_rel(rel_x, syn, sys_, syc, SAME_STRIDES or DENSE, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+    rel_r = _other_rel(rel_x, srn, srs, src, SAME_STRIDES or DENSE, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
     t0 = pid_p * TPP
     t1 = tl.minimum(t0 + TPP, T)
     nb, sb = _tile_start(t0, SB, BLOCK_N, BLOCK_S, WIDE)
-    CENTRE: tl.constexpr = x_ptr.dtype.element_ty.primitive_bitwidth > 16  # see the module docstring
-    if not CENTRE:
-        bias = bias - mean * scale
     for _ in range(t0, t1):
         n0, s0, mask = _tile(nb, sb, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C, ONE_S_BLOCK)
-        x = tl.load(x_ptr + (_off(n0, s0, c0, sxn, sxs, sxc, WIDE) + rel_x), mask=mask).to(ACC)
-        if CENTRE:
-            y = (x - mean[None, :]) * scale[None, :] + bias[None, :]
-        else:
-            y = x * scale[None, :] + bias[None, :]
+        x = tl.load(_at(x_ptr, _off(n0, s0, c0, sxn, sxs, sxc, WIDE), rel_x, DENSE), mask=mask).to(ACC)
+        y = (x - mean[None, :]) * scale[None, :] + bias[None, :]
         if HAS_RES:
-            y += tl.load(res_ptr + (_off(n0, s0, c0, srn, srs, src, WIDE) + rel_r), mask=mask).to(ACC)
+            y += tl.load(_at(res_ptr, _off(n0, s0, c0, srn, srs, src, WIDE), rel_r, DENSE), mask=mask).to(ACC)
         if RELU:
             y = _relu(y)
-        tl.store(y_ptr + (_off(n0, s0, c0, syn, sys_, syc, WIDE) + rel_y), y.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(
+            _at(y_ptr, _off(n0, s0, c0, syn, sys_, syc, WIDE), rel_y, DENSE), y.to(y_ptr.dtype.element_ty), mask=mask
+        )
         nb, sb = _advance(nb, sb, SB, ONE_S_BLOCK)
 
 
@@ -1088,6 +1114,7 @@ def bn_backward_dx_kernel(
     VEC: tl.constexpr,
     INNER_C: tl.constexpr,
     FLAT: tl.constexpr,
+    DENSE: tl.constexpr,
     STATS_GRAD: tl.constexpr,
     GATE: tl.constexpr,
     WRITE_DX: tl.constexpr,
@@ -1118,37 +1145,35 @@ def bn_backward_dx_kernel(
         scale = tl.load(stats_ptr + CR + ch, mask=m_c, other=0.0)
         if HAS_W:
             scale = scale * tl.load(w_ptr + ch, mask=m_c, other=0.0).to(ACC)
-    rel_g = _rel_offsets(sgn, sgs, sgc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
-    rel_x = _other_rel(rel_g, sxn, sxs, sxc, SAME_STRIDES, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
-    rel_y = _other_rel(rel_g, syn, sys_, syc, SAME_STRIDES, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
-    rel_d = _other_rel(rel_g, sdn, sds, sdc, SAME_STRIDES, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+    rel_g = _rel_offsets(sgn, _dense_strides(sgs, INNER_C, BLOCK_C, DENSE), sgc, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+    rel_x = _other_rel(rel_g, sxn, sxs, sxc, SAME_STRIDES or DENSE, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+    rel_y = _other_rel(rel_g, syn, sys_, syc, SAME_STRIDES or DENSE, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
+    rel_d = _other_rel(rel_g, sdn, sds, sdc, SAME_STRIDES or DENSE, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
     t0 = pid_p * TPP
     t1 = tl.minimum(t0 + TPP, T)
     nb, sb = _tile_start(t0, SB, BLOCK_N, BLOCK_S, WIDE)
-    CENTRE: tl.constexpr = x_ptr.dtype.element_ty.primitive_bitwidth > 16  # see the module docstring
-    if STATS_GRAD and not CENTRE:
-        gamma = gamma - mean * beta
     for _ in range(t0, t1):
         n0, s0, mask = _tile(nb, sb, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C, ONE_S_BLOCK)
-        g = tl.load(dy_ptr + (_off(n0, s0, c0, sgn, sgs, sgc, WIDE) + rel_g), mask=mask).to(ACC)
+        g = tl.load(_at(dy_ptr, _off(n0, s0, c0, sgn, sgs, sgc, WIDE), rel_g, DENSE), mask=mask).to(ACC)
         if GATE:
-            gate = tl.load(y_ptr + (_off(n0, s0, c0, syn, sys_, syc, WIDE) + rel_y), mask=mask)
+            gate = tl.load(_at(y_ptr, _off(n0, s0, c0, syn, sys_, syc, WIDE), rel_y, DENSE), mask=mask)
             g = tl.where(gate <= 0, 0.0, g)
         if WRITE_DX:
             if STATS_GRAD:
-                x = tl.load(x_ptr + (_off(n0, s0, c0, sxn, sxs, sxc, WIDE) + rel_x), mask=mask).to(ACC)
-                if CENTRE:
-                    dx = (g * scale[None, :] + gamma[None, :]) + (x - mean[None, :]) * beta[None, :]
-                else:
-                    dx = g * scale[None, :] + (x * beta[None, :] + gamma[None, :])
+                x = tl.load(_at(x_ptr, _off(n0, s0, c0, sxn, sxs, sxc, WIDE), rel_x, DENSE), mask=mask).to(ACC)
+                dx = (g * scale[None, :] + gamma[None, :]) + (x - mean[None, :]) * beta[None, :]
             else:
                 dx = g * scale[None, :]
             tl.store(
-                dx_ptr + (_off(n0, s0, c0, sdn, sds, sdc, WIDE) + rel_d), dx.to(dx_ptr.dtype.element_ty), mask=mask
+                _at(dx_ptr, _off(n0, s0, c0, sdn, sds, sdc, WIDE), rel_d, DENSE),
+                dx.to(dx_ptr.dtype.element_ty),
+                mask=mask,
             )
         if WRITE_DRES:
             tl.store(
-                dres_ptr + (_off(n0, s0, c0, sdn, sds, sdc, WIDE) + rel_d), g.to(dres_ptr.dtype.element_ty), mask=mask
+                _at(dres_ptr, _off(n0, s0, c0, sdn, sds, sdc, WIDE), rel_d, DENSE),
+                g.to(dres_ptr.dtype.element_ty),
+                mask=mask,
             )
         nb, sb = _advance(nb, sb, SB, ONE_S_BLOCK)
 
