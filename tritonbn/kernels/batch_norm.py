@@ -50,7 +50,7 @@ carries the rounding of ``mean·scale``, which is no longer small next to the ou
 constant channel of a large value would not give exactly ``shift``, as torch does, and an eval with a
 running variance near 0 would lose the result). ReLU is the NaN-propagating maximum (one ``max.NaN``
 instruction for float32 and half precision on sm_80 and newer; a select in float64): NaN stays NaN, and
--0.0 becomes +0.0 (torch.relu keeps -0.0; both compare equal).
+in float32 -0.0 becomes +0.0 (torch.relu keeps -0.0; both compare equal).
 
 The generic :func:`channel_sums_kernel` and :func:`channel_affine_kernel` (the same grid of chunks) serve
 the differentiable primitives of the double backward.
