@@ -118,6 +118,27 @@ def test_fused_add_relu_paths(kernels, tile_policy, policy, shape_name):
     _check_pass(kernels, torch.float32, shape, layout, relu_add=True)
 
 
+@pytest.mark.parametrize("relu_add", [False, True], ids=["plain", "relu_add"])
+@pytest.mark.parametrize("shape_name", ["nhwc-dense", "2d-dense"])
+def test_dense_tiles_of_several_rows(kernels, tile_policy, shape_name, relu_add):
+    """Contiguous-block (DENSE) tiles of several rows of channels, whose lane offsets the kernels compute
+    with the tile's width in place of the position stride: train, eval and backward against the float64
+    reference."""
+    tile_policy(tile=64, single=0, programs=2)
+    shape, layout = SHAPES[shape_name]
+    x = make_input(shape, torch.float32, kernels, layout)
+    rows = launch.rows_view(launch.ncs_view(x), launch.ncs_view(x))
+    ew = launch.elementwise_launch(rows, False, 3, 4)
+    assert ew.dense and ew.geo.BLOCK_S > 1 and shape[1] == ew.geo.BLOCK_C and ew.geo.TPP > 1
+    _check_pass(kernels, torch.float32, shape, layout, relu_add=relu_add)
+    C = shape[1]
+    w, b = torch.rand(C, device=kernels) + 0.5, torch.randn(C, device=kernels)
+    rm, rv = torch.randn(C, device=kernels), torch.rand(C, device=kernels) + 0.5
+    y = tritonbn.batch_norm(x, rm, rv, w, b, training=False)
+    y_ref = reference.batch_norm(x, rm.double(), rv.double(), w, b, training=False)
+    assert_close(y, y_ref, torch.float32, "y")
+
+
 @pytest.mark.parametrize("policy", ["one-tile", "many-chunks", "chunk-loops"])
 @pytest.mark.parametrize("detach", [False, True], ids=["eval", "detached"])
 @pytest.mark.parametrize("shape_name", ["nchw-odd", "nchw-flat-wide"])
@@ -237,10 +258,7 @@ def test_dense_elementwise_tiles(tile_policy, shape, layout, itemsize, block_s, 
     rows = launch.rows_view(launch.ncs_view(x), launch.ncs_view(torch.empty_like(x)))
     ew = launch.elementwise_launch(rows, itemsize == 8, 3, itemsize)
     geo = ew.geo
-    assert (geo.BLOCK_S, geo.BLOCK_C, ew.dense, ew.flat) == (block_s, block_c, dense, False)
-    assert ew.meta()["DENSE"] == dense and not geo.MASK_C
-    if dense:
-        assert geo.BLOCK_N == 1 and all(ss == block_c or block_s == 1 for _, ss, _ in rows.strides)
+    assert (geo.BLOCK_S, geo.BLOCK_C, ew.dense, ew.flat, geo.MASK_C) == (block_s, block_c, dense, False, False)
     # no merge bounds an elementwise pass's chunks: however wide the channel blocks, the programs fill the GPU
     # (a merge's bound would leave 16384 / 1024 = 16 chunks)
     assert min(150, geo.CB * geo.T // 8) <= geo.CB * geo.P and geo.P * geo.TPP >= geo.T > (geo.P - 1) * geo.TPP
@@ -252,17 +270,19 @@ def test_dense_elementwise_tiles(tile_policy, shape, layout, itemsize, block_s, 
         (96, False, 32, False),  # 3 blocks of 32, not 2 of 64 with the second half empty
         (48, False, 16, False),
         (48, True, 16, False),
+        (80, False, 16, False),
         (64, False, 64, False),
-        (1000, False, 64, True),  # 1024 lanes for 1000 channels: within 1/8
-        (2064, False, 64, True),  # not 129 blocks of 16
-        (40, False, 16, True),  # 48 lanes, not 64
-        (24, False, 32, True),  # no block within 1/8: the least padding, the widest
+        (1000, False, 64, True),  # 1024 lanes for 1000 channels: within C/8
+        (2064, False, 64, True),  # within C/8, not 129 blocks of 16
+        (40, False, 64, True),  # no block within C/8 or dividing C with 16 channels or more: one of 64
+        (24, False, 32, True),
         (3, False, 4, True),
     ],
 )
 def test_channel_blocks_leave_little_padding(tile_policy, C, single, block_c, mask_c):
-    """Channels-innermost tiles take the widest power-of-two channel block whose blocks leave at most 1/8 of
-    their lanes past C, down to MIN_CHANNEL_BLOCK channels (GPU policy), on the loop and one-tile paths."""
+    """Channels-innermost tiles take the widest power-of-two channel block (down to 64) whose blocks leave at
+    most C/8 lanes past C, else one of at least MIN_CHANNEL_BLOCK channels dividing C, else the widest (GPU
+    policy), on the loop and one-tile paths."""
     tile_policy(tile=2048, single=8192, programs=1024, min_tiles=4, min_programs=256)
     N = 4 if single else 4096
     rows = launch.rows_view(launch.ncs_view(torch.empty((N, C), device="meta")))

@@ -148,8 +148,9 @@ def test_half_input_with_half_parameters_on_every_path(path):
 def test_half_input_with_large_mean_on_the_elementwise_passes(kernels, tile_policy, dtype, mean, layout, relu_add):
     """Half-precision channels far from zero (std = 8 ulps of the mean: float16 around 200, bfloat16
     around 30) on the elementwise passes: train and eval outputs, dx and dweight stay within the table's
-    tolerances of the float64 reference (the passes centre, (x - mean)·scale, in float32); dy is correlated
-    with x so that dx's (x - mean) term is not negligible."""
+    tolerances of the float64 reference; dy is correlated with x so that dx's (x - mean) term is not
+    negligible (a wrong mean, scale, beta or gamma term shows; that the passes centre is held by
+    test_constant_half_channel_gives_exactly_the_bias)."""
     tile_policy(tile=8, single=0, programs=1 << 20)  # loops: the elementwise passes run
     shape = (5, 4, 3, 3)
     x = make_input(shape, dtype, kernels, layout, mean=mean).requires_grad_()

@@ -152,24 +152,28 @@ MIN_UNMASKED_RUN = 16
 factor of at least this many positions (a contiguous run of 32 bytes or more per sample) and the tile stays
 at least half full."""
 MIN_CHANNEL_BLOCK = 16
-"""Channels-innermost tiles take the widest power-of-two channel block whose blocks leave at most 1/8 of
-their lanes past C, down to this many channels (32 bytes of float16 per row): C = 96 runs as 3 blocks of
-32, not 2 of 64 whose second is half empty; C = 1000 as blocks of 64, the last with 40 channels."""
+"""Channels-innermost tiles take the widest power-of-two channel block, down to 64 channels, whose blocks
+leave at most C/8 lanes past C (C = 1000: blocks of 64, the last with 40 channels); failing that, a block
+that divides C if one of at least this many channels does (C = 96: 3 blocks of 32, not 2 of 64 whose
+second is half empty; each block's rows then start on the same 32-byte sector boundaries as the tensor's);
+else the widest block, masked (C = 40: one block of 64)."""
 _COUNT_EXACT = 1 << 24  # a chunk's element count stays exact in float32
 
 
 def _channel_block(C: int, cap: int) -> int:
-    """Channels per tile when channels are innermost: a power of two up to ``cap``, the widest whose blocks
-    leave at most 1/8 of their lanes past C, else the one leaving the fewest (:data:`MIN_CHANNEL_BLOCK`)."""
-    widths = []
+    """Channels per tile when channels are innermost: a power of two up to ``cap``
+    (:data:`MIN_CHANNEL_BLOCK`)."""
+
+    def fits(bc: int) -> bool:
+        return triton.cdiv(C, bc) * bc * 8 <= 9 * C
+
     bc = min(_p2(C), cap)
-    while True:
-        widths.append(bc)
-        if triton.cdiv(C, bc) * bc * 8 <= 9 * C or bc <= MIN_CHANNEL_BLOCK:
-            break
+    while bc > 64 and not fits(bc):
         bc //= 2
-    # none within 1/8: the least padding, the widest of equals (C = 24: one block of 32, not two of 16)
-    return min(widths, key=lambda w: (triton.cdiv(C, w) * w, -w))
+    if fits(bc):
+        return bc
+    run = min(C & -C, bc)  # the largest power of two dividing C
+    return run if run >= MIN_CHANNEL_BLOCK else bc
 
 
 def _launch(kernel, grid, args, meta):
@@ -466,7 +470,7 @@ def elementwise_launch(rows: Rows, wide_acc: bool, tensors: int, itemsize: int) 
     view, flat, cs = rows, False, 1
     frows = flat_rows(rows) if geo.VEC < 16 else None
     if frows is not None:
-        fgeo = geometry(frows, single_ok=False, wide_acc=wide_acc, flat=True)
+        fgeo = geometry(frows, single_ok=False, wide_acc=wide_acc, flat=True, elementwise=itemsize)
         if fgeo.VEC > geo.VEC and fgeo.TPP >= 2:
             geo, view, flat, cs = fgeo, frows, True, rows.S
     ints = (*_view_ints(view, tensors), geo.SB, geo.T, geo.TPP, rows.C, cs)
