@@ -449,7 +449,7 @@ def _dense(rows: Rows, geo: Geometry) -> bool:
         return False
     if geo.INNER_C:
         return all(sc == 1 and (geo.BLOCK_S == 1 or ss == geo.BLOCK_C) for _, ss, sc in rows.strides)
-    return geo.BLOCK_C == 1 and all(ss == 1 for _, ss, _ in rows.strides)
+    return all(ss == 1 for _, ss, _ in rows.strides)  # (channels outermost: BLOCK_C = 1)
 
 
 def elementwise_launch(rows: Rows, wide_acc: bool, tensors: int, itemsize: int) -> Elementwise:

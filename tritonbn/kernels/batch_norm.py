@@ -224,9 +224,9 @@ def _load_zero_rows(ptr, off, rel, mask, ROW_MASK: tl.constexpr, ACC: tl.constex
     along C (MASK_C alone) are left unset: their sums are never stored (lanes of channels past C) or never
     summed into a channel (a FLAT reduction's lanes past its block, see :func:`_segment_sum`)."""
     if ROW_MASK:
-        return tl.load(ptr + (off + rel), mask=mask, other=0.0).to(ACC)
+        return tl.load(_at(ptr, off, rel, False), mask=mask, other=0.0).to(ACC)
     else:
-        return tl.load(ptr + (off + rel), mask=mask).to(ACC)
+        return tl.load(_at(ptr, off, rel, False), mask=mask).to(ACC)
 
 
 @_device
@@ -468,10 +468,11 @@ def _off(n0, s0, c0, stride_n, stride_s, stride_c, WIDE: tl.constexpr):
 
 @_device
 def _at(ptr, off, rel, DENSE: tl.constexpr):
-    """The addresses of a tile at element offset ``off`` (uniform) with per-lane offsets ``rel``: the offsets
-    are summed first (in int32, one multiply-add per access; int64 with WIDE); but when the tile is one
-    contiguous block (DENSE: ``rel`` is a compile-time pattern) the lane offsets are added to the tile
-    pointer, so that a thread's accesses become immediate offsets from one address."""
+    """The addresses of a tile at element offset ``off`` (uniform) with per-lane offsets ``rel``, for every
+    tile access of the kernels: the offsets are summed first (in int32, one multiply-add per access; int64
+    with WIDE); but when the tile is one contiguous block (DENSE: ``rel`` is a compile-time pattern) the lane
+    offsets are added to the tile pointer, so that a thread's accesses become immediate offsets from one
+    address."""
     if DENSE:
         return (ptr + off) + rel
     else:
@@ -633,9 +634,11 @@ def bn_forward_stats_kernel(
     if SINGLE:
         mask = _tile_mask(n0, s0, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C)
         if MASK_N or MASK_S:
-            d = tl.load(x_ptr + (_off(n0, s0, c0, sxn, sxs, sxc, WIDE) + rel_x), mask=mask, other=k_other).to(ACC)
+            d = tl.load(_at(x_ptr, _off(n0, s0, c0, sxn, sxs, sxc, WIDE), rel_x, False), mask=mask, other=k_other).to(
+                ACC
+            )
         else:
-            d = tl.load(x_ptr + (_off(n0, s0, c0, sxn, sxs, sxc, WIDE) + rel_x), mask=mask).to(ACC)
+            d = tl.load(_at(x_ptr, _off(n0, s0, c0, sxn, sxs, sxc, WIDE), rel_x, False), mask=mask).to(ACC)
         d = d - k_lane[None, :]
         sd = _sum_nc(d)
         sdd = _sum_nc(d * d)
@@ -669,11 +672,13 @@ def bn_forward_stats_kernel(
         y = d * scale[None, :] + shift[None, :]
         if HAS_RES:
             rel_r = _other_rel(rel_x, srn, srs, src, SAME_STRIDES, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
-            y += tl.load(res_ptr + (_off(n0, s0, c0, srn, srs, src, WIDE) + rel_r), mask=mask).to(ACC)
+            y += tl.load(_at(res_ptr, _off(n0, s0, c0, srn, srs, src, WIDE), rel_r, False), mask=mask).to(ACC)
         if RELU:
             y = _relu(y)
         rel_y = _other_rel(rel_x, syn, sys_, syc, SAME_STRIDES, BLOCK_N, BLOCK_S, BLOCK_C, WIDE)
-        tl.store(y_ptr + (_off(n0, s0, c0, syn, sys_, syc, WIDE) + rel_y), y.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(
+            _at(y_ptr, _off(n0, s0, c0, syn, sys_, syc, WIDE), rel_y, False), y.to(y_ptr.dtype.element_ty), mask=mask
+        )
     else:
         t1 = tl.minimum(t0 + TPP, T)
         acc_d = tl.zeros([BLOCK_N * BLOCK_S, BLOCK_C], dtype=ACC)
@@ -682,9 +687,9 @@ def bn_forward_stats_kernel(
         for _ in range(t0, t1):
             n0, s0, mask = _tile(nb, sb, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C, ONE_S_BLOCK)
             if MASK_N or MASK_S:
-                x = tl.load(x_ptr + (_off(n0, s0, c0, sxn, sxs, sxc, WIDE) + rel_x), mask=mask, other=k_other)
+                x = tl.load(_at(x_ptr, _off(n0, s0, c0, sxn, sxs, sxc, WIDE), rel_x, False), mask=mask, other=k_other)
             else:
-                x = tl.load(x_ptr + (_off(n0, s0, c0, sxn, sxs, sxc, WIDE) + rel_x), mask=mask)
+                x = tl.load(_at(x_ptr, _off(n0, s0, c0, sxn, sxs, sxc, WIDE), rel_x, False), mask=mask)
             d = x.to(ACC) - k_lane[None, :]
             acc_d += d
             acc_dd += d * d
@@ -940,11 +945,13 @@ def bn_backward_reduce_kernel(
         mask = _tile_mask(n0, s0, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C)
         g = _load_zero_rows(dy_ptr, _off(n0, s0, c0, sgn, sgs, sgc, WIDE), rel_g, mask, MASK_N or MASK_S, ACC)
         if GATE:
-            gate = tl.load(y_ptr + (_off(n0, s0, c0, syn, sys_, syc, WIDE) + rel_y), mask=mask)
+            gate = tl.load(_at(y_ptr, _off(n0, s0, c0, syn, sys_, syc, WIDE), rel_y, False), mask=mask)
             g = tl.where(gate <= 0, 0.0, g)
         if WRITE_DRES:
             tl.store(
-                dres_ptr + (_off(n0, s0, c0, sdn, sds, sdc, WIDE) + rel_d), g.to(dres_ptr.dtype.element_ty), mask=mask
+                _at(dres_ptr, _off(n0, s0, c0, sdn, sds, sdc, WIDE), rel_d, False),
+                g.to(dres_ptr.dtype.element_ty),
+                mask=mask,
             )
         sum_g = _sum_nc(g)
         if NEED_XMU:
@@ -977,7 +984,9 @@ def bn_backward_reduce_kernel(
             else:
                 dx = g * scale_l[None, :]
             tl.store(
-                dx_ptr + (_off(n0, s0, c0, sdn, sds, sdc, WIDE) + rel_d), dx.to(dx_ptr.dtype.element_ty), mask=mask
+                _at(dx_ptr, _off(n0, s0, c0, sdn, sds, sdc, WIDE), rel_d, False),
+                dx.to(dx_ptr.dtype.element_ty),
+                mask=mask,
             )
     else:
         acc_g = tl.zeros([BLOCK_N * BLOCK_S, BLOCK_C], dtype=ACC)
@@ -987,7 +996,7 @@ def bn_backward_reduce_kernel(
             n0, s0, mask = _tile(nb, sb, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C, ONE_S_BLOCK)
             g = _load_zero_rows(dy_ptr, _off(n0, s0, c0, sgn, sgs, sgc, WIDE), rel_g, mask, MASK_N or MASK_S, ACC)
             if GATE:
-                gate = tl.load(y_ptr + (_off(n0, s0, c0, syn, sys_, syc, WIDE) + rel_y), mask=mask)
+                gate = tl.load(_at(y_ptr, _off(n0, s0, c0, syn, sys_, syc, WIDE), rel_y, False), mask=mask)
                 g = tl.where(gate <= 0, 0.0, g)
             acc_g += g
             if NEED_XMU:
@@ -996,11 +1005,13 @@ def bn_backward_reduce_kernel(
             if WRITE_DX:
                 dx = g * scale_l[None, :]
                 tl.store(
-                    dx_ptr + (_off(n0, s0, c0, sdn, sds, sdc, WIDE) + rel_d), dx.to(dx_ptr.dtype.element_ty), mask=mask
+                    _at(dx_ptr, _off(n0, s0, c0, sdn, sds, sdc, WIDE), rel_d, False),
+                    dx.to(dx_ptr.dtype.element_ty),
+                    mask=mask,
                 )
             if WRITE_DRES:
                 tl.store(
-                    dres_ptr + (_off(n0, s0, c0, sdn, sds, sdc, WIDE) + rel_d),
+                    _at(dres_ptr, _off(n0, s0, c0, sdn, sds, sdc, WIDE), rel_d, False),
                     g.to(dres_ptr.dtype.element_ty),
                     mask=mask,
                 )
@@ -1300,18 +1311,18 @@ def channel_sums_kernel(
     for _ in range(t0, t1):
         n0, s0, mask = _tile(nb, sb, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C, ONE_S_BLOCK)
         # rows masked off along N or S add exactly 0; lanes of channels past C are never stored
-        a = tl.load(u_ptr + (_off(n0, s0, c0, sun, sus, suc, WIDE) + rel_u), mask=mask, other=0.0).to(ACC)
+        a = tl.load(_at(u_ptr, _off(n0, s0, c0, sun, sus, suc, WIDE), rel_u, False), mask=mask, other=0.0).to(ACC)
         if HAS_MU_U:
             a = a - mu_u[None, :]
             if MASK_N or MASK_S:
                 a = tl.where(mask, a, 0.0)
         if HAS_GATE:
-            gate = tl.load(gate_ptr + (_off(n0, s0, c0, sgn, sgs, sgc, WIDE) + rel_g), mask=mask)
+            gate = tl.load(_at(gate_ptr, _off(n0, s0, c0, sgn, sgs, sgc, WIDE), rel_g, False), mask=mask)
             a = tl.where(gate <= 0, 0.0, a)
         if WANT_SUM_U:
             acc_a += a
         if HAS_V:
-            b = tl.load(v_ptr + (_off(n0, s0, c0, svn, svs, svc, WIDE) + rel_v), mask=mask, other=0.0).to(ACC)
+            b = tl.load(_at(v_ptr, _off(n0, s0, c0, svn, svs, svc, WIDE), rel_v, False), mask=mask, other=0.0).to(ACC)
             if HAS_MU_V:
                 b = b - mu_v[None, :]
                 if MASK_N or MASK_S:
@@ -1407,17 +1418,17 @@ def channel_affine_kernel(
     for _ in range(t0, t1):
         n0, s0, mask = _tile(nb, sb, c0, N, S, C, BLOCK_N, BLOCK_S, BLOCK_C, MASK_N, MASK_S, MASK_C, ONE_S_BLOCK)
         if GATE != 0:
-            gate = tl.load(gate_ptr + (_off(n0, s0, c0, sgn, sgs, sgc, WIDE) + rel_g), mask=mask)
+            gate = tl.load(_at(gate_ptr, _off(n0, s0, c0, sgn, sgs, sgc, WIDE), rel_g, False), mask=mask)
         out = tl.zeros([BLOCK_N * BLOCK_S, BLOCK_C], dtype=ACC)
         if HAS_T1:
-            v1 = tl.load(t1_ptr + (_off(n0, s0, c0, s1n, s1s, s1c, WIDE) + rel_1), mask=mask).to(ACC)
+            v1 = tl.load(_at(t1_ptr, _off(n0, s0, c0, s1n, s1s, s1c, WIDE), rel_1, False), mask=mask).to(ACC)
             if HAS_MU1:
                 v1 = v1 - mu1[None, :]
             if GATE == 1:
                 v1 = tl.where(gate <= 0, 0.0, v1)
             out = v1 * a1[None, :]
         if HAS_T2:
-            v2 = tl.load(t2_ptr + (_off(n0, s0, c0, s2n, s2s, s2c, WIDE) + rel_2), mask=mask).to(ACC)
+            v2 = tl.load(_at(t2_ptr, _off(n0, s0, c0, s2n, s2s, s2c, WIDE), rel_2, False), mask=mask).to(ACC)
             if HAS_MU2:
                 v2 = v2 - mu2[None, :]
             if HAS_T1:
@@ -1433,5 +1444,9 @@ def channel_affine_kernel(
             out = _relu(out)
         if GATE == 2:
             out = tl.where(gate <= 0, 0.0, out)
-        tl.store(out_ptr + (_off(n0, s0, c0, son, sos, soc, WIDE) + rel_o), out.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(
+            _at(out_ptr, _off(n0, s0, c0, son, sos, soc, WIDE), rel_o, False),
+            out.to(out_ptr.dtype.element_ty),
+            mask=mask,
+        )
         nb, sb = _advance(nb, sb, SB, ONE_S_BLOCK)
